@@ -1,0 +1,155 @@
+"""The BLIP model for every task, and its small functional API.
+
+Parameter tree (top level; which entries exist depends on `config.task`, see config.TASKS):
+  visual_encoder   ViT                                  (all tasks)
+  text             MED: shared encoder/decoder tower     (all tasks; VQA: the question encoder)
+  answer_decoder   MED decoder over question states      (vqa)
+  vision_proj, text_proj                                (pretrain, retrieval, itm)
+  itm_head                                              (pretrain, retrieval, itm)
+  temp             ITC temperature, clamped on every use (pretrain, retrieval)
+
+Methods (use with `model.apply({"params": params}, ..., method=Blip.<name>)`, or the helpers at the
+bottom of this file). Images are NHWC, normalised; token ids (B, L) int32 with a (B, L) 1/0 mask.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from blip_jax.models import layers
+from blip_jax.models.config import BlipConfig
+from blip_jax.models.med import MED
+from blip_jax.models.vit import VisionTransformer
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """torch.nn.functional.normalize semantics: x / max(||x||, eps)."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def with_first_token(ids: jax.Array, token_id: int) -> jax.Array:
+  """Overwrite position 0 with [ENC] / [DEC] (the tokenizer emits [CLS] there)."""
+  return ids.at[:, 0].set(token_id)
+
+
+class Blip(nn.Module):
+  config: BlipConfig
+
+  def setup(self):
+    c = self.config
+    comps = c.components
+    kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+    self.visual_encoder = VisionTransformer(c.vision, remat=c.vision_remat, **kw)
+    self.text = MED(c.text, remat=c.text_remat, **kw)
+    if "answer_decoder" in comps:
+      self.answer_decoder = MED(c.text, remat=c.text_remat, **kw)
+    if "proj" in comps:
+      self.vision_proj = layers.dense(c.embed_dim, ("embed", "proj"), name=None, **kw)
+      self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), name=None, **kw)
+    if "itm" in comps:
+      self.itm_head = layers.dense(2, ("embed", None), name=None, **kw)
+    if "temp" in comps:
+      self.temp = self.param("temp", nn.with_logical_partitioning(
+          nn.initializers.constant(c.temp_init), ()), (), jnp.dtype(c.param_dtype))
+
+  # ---- towers -------------------------------------------------------------------------------
+  def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """(B, H, W, 3) -> (B, 1+N, Dv) image tokens after the final LayerNorm."""
+    return self.visual_encoder(images, train=train)
+
+  def encode_text(self, ids: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    """Unimodal text encoder ([CLS] first, as given): (B, L) -> (B, L, D)."""
+    return self.text(ids, mask, mode="text", train=train)
+
+  def encode_multimodal(self, ids, mask, image_embeds, image_mask=None, train: bool = False):
+    """Image-grounded text encoder: first token forced to [ENC]. -> (B, L, D)."""
+    ids = with_first_token(ids, self.config.text.enc_token_id)
+    return self.text(ids, mask, mode="multimodal", encoder_states=image_embeds,
+                     encoder_mask=image_mask, train=train)
+
+  def decode(self, ids, mask, image_embeds, image_mask=None, train: bool = False):
+    """Image-grounded decoder: first token forced to [DEC]. -> (B, L, V) float32 logits."""
+    ids = with_first_token(ids, self.config.text.bos_token_id)
+    h = self.text(ids, mask, mode="decoder", encoder_states=image_embeds, encoder_mask=image_mask,
+                  train=train)
+    return self.text.logits(h)
+
+  # ---- heads --------------------------------------------------------------------------------
+  def image_feature(self, image_embeds: jax.Array) -> jax.Array:
+    """(B, 1+N, Dv) -> (B, E) L2-normalised ITC image feature (from the CLS token)."""
+    return l2_normalize(self.vision_proj(image_embeds[:, 0]))
+
+  def text_feature(self, text_embeds: jax.Array) -> jax.Array:
+    """(B, L, D) unimodal states -> (B, E) L2-normalised ITC text feature (from [CLS])."""
+    return l2_normalize(self.text_proj(text_embeds[:, 0]))
+
+  def itm_logits(self, ids, mask, image_embeds, image_mask=None, train: bool = False):
+    """(B, L) text and (B, 1+N, Dv) image tokens -> (B, 2) logits [no match, match]."""
+    h = self.encode_multimodal(ids, mask, image_embeds, image_mask, train=train)
+    return self.itm_head(h[:, 0]).astype(jnp.float32)
+
+  def clamped_temp(self) -> jax.Array:
+    """ITC temperature clamped to [temp_min, temp_max] (BLIP clamps before every forward)."""
+    return jnp.clip(self.temp, self.config.temp_min, self.config.temp_max)
+
+  # ---- VQA ----------------------------------------------------------------------------------
+  def answer_logits(self, answer_ids, answer_mask, question_states, question_mask, train=False):
+    """VQA answer decoder ([DEC] first) over question-encoder states -> (B, La, V) logits."""
+    ids = with_first_token(answer_ids, self.config.text.bos_token_id)
+    h = self.answer_decoder(ids, answer_mask, mode="decoder", encoder_states=question_states,
+                            encoder_mask=question_mask, train=train)
+    return self.answer_decoder.logits(h)
+
+  # ---- init ---------------------------------------------------------------------------------
+  def __call__(self, images, ids, mask, train: bool = False):
+    """Touches every parameter of the task's model (used by `init`); returns a dict of outputs."""
+    comps = self.config.components
+    img = self.encode_image(images, train)
+    out = {"image_embeds": img}
+    if "text_encoder_sa" in comps:
+      out["multimodal"] = self.encode_multimodal(ids, mask, img, train=train)
+      if "proj" in comps:
+        out["text_embeds"] = self.encode_text(ids, mask, train)
+        out["image_feat"] = self.image_feature(img)
+        out["text_feat"] = self.text_feature(out["text_embeds"])
+      if "itm" in comps:
+        out["itm_logits"] = self.itm_head(out["multimodal"][:, 0])
+      if "temp" in comps:
+        out["temp"] = self.clamped_temp()
+    if "text_decoder_sa" in comps:
+      out["logits"] = self.decode(ids, mask, img, train=train)
+    if "answer_decoder" in comps:
+      out["answer_logits"] = self.answer_logits(ids, mask, out["multimodal"], mask, train)
+    return out
+
+
+def init_params(config: BlipConfig, rng: jax.Array, batch: int = 1, text_len: int = 8):
+  """Random parameters (a plain nested dict of float arrays) for `config`.
+
+  The logical-axis boxes are stripped; `param_logical_axes(config)` gives the matching axis names.
+  """
+  model = Blip(config)
+  variables = model.init({"params": rng, "dropout": rng}, *_dummy_inputs(config, batch, text_len))
+  return nn.meta.unbox(variables["params"])
+
+
+def param_logical_axes(config: BlipConfig, batch: int = 1, text_len: int = 8):
+  """Pytree of jax.sharding.PartitionSpec of *logical* axis names, matching init_params."""
+  boxed = jax.eval_shape(lambda r: Blip(config).init({"params": r, "dropout": r},
+                                                     *_dummy_inputs(config, batch, text_len)),
+                         jax.random.key(0))
+  return nn.get_partition_spec(boxed)["params"]
+
+
+def param_shapes(config: BlipConfig):
+  """Pytree of jax.ShapeDtypeStruct of the parameters, without allocating them."""
+  return jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0))
+
+
+def _dummy_inputs(config: BlipConfig, batch: int, text_len: int):
+  s = config.vision.image_size
+  images = jnp.zeros((batch, s, s, 3), jnp.float32)
+  ids = jnp.full((batch, text_len), config.text.cls_token_id, jnp.int32)
+  return images, ids, jnp.ones((batch, text_len), jnp.int32)
