@@ -1,0 +1,13 @@
+"""Import/export of Salesforce, Hugging Face and blip_jax checkpoints.
+
+The only part of blip_jax that touches torch, transformers or safetensors, and only lazily inside the
+functions that need them: `import blip_jax.interop` works without any of them.
+"""
+from blip_jax.interop.checkpoint import Checkpoint, CheckpointError
+from blip_jax.interop.hf import load_hf, save_hf
+from blip_jax.interop.native import load_native, save_native
+from blip_jax.interop.salesforce import load_salesforce, save_salesforce
+from blip_jax.interop.state_dict import export_state_dict, import_state_dict
+
+__all__ = ["Checkpoint", "CheckpointError", "export_state_dict", "import_state_dict", "load_hf",
+           "load_native", "load_salesforce", "save_hf", "save_native", "save_salesforce"]
