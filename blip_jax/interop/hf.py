@@ -76,7 +76,7 @@ def save_hf(ckpt: Checkpoint, directory: str, label_smoothing: float = 0.0) -> N
 
   sd = export_state_dict(ckpt, "hf")
   os.makedirs(directory, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
+  save_file({k: np.array(v, order="C") for k, v in sd.items()},
             os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_config(ckpt.config, label_smoothing), f, indent=2)

@@ -172,13 +172,13 @@ def bert_prefixes(task: str, with_momentum: bool) -> list[str]:
 
 
 def to_torch(x: np.ndarray, kind: str) -> np.ndarray:
-  """blip_jax layout -> PyTorch layout."""
+  """blip_jax layout -> PyTorch layout (a view where possible; writers make it contiguous)."""
   if kind == "linear":
-    return np.ascontiguousarray(x.T)
+    return x.T
   if kind == "patch":  # (p*p*C, D) -> (D, C, p, p)
     p = int(round((x.shape[0] / 3) ** 0.5))
-    return np.ascontiguousarray(x.reshape(p, p, 3, x.shape[1]).transpose(3, 2, 0, 1))
-  return np.asarray(x)
+    return x.reshape(p, p, 3, x.shape[1]).transpose(3, 2, 0, 1)
+  return x
 
 
 def from_torch(x: np.ndarray, kind: str) -> np.ndarray:

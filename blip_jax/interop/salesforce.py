@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+import numpy as np
+
 from blip_jax.interop.checkpoint import Checkpoint, CheckpointError
 from blip_jax.interop.state_dict import export_state_dict, import_state_dict
 from blip_jax.models.config import BlipConfig
@@ -39,5 +41,6 @@ def save_salesforce(ckpt: Checkpoint, path: str) -> None:
   """Write `{'model': state_dict}` with the complete official key set (torch tensors)."""
   import torch
 
-  sd = {k: torch.from_numpy(v.copy()) for k, v in export_state_dict(ckpt, "salesforce").items()}
+  # np.array copies into C order and, unlike ascontiguousarray, keeps 0-d tensors (temp) 0-d.
+  sd = {k: torch.from_numpy(np.array(v, order="C")) for k, v in export_state_dict(ckpt, "salesforce").items()}
   torch.save({"model": sd}, path)

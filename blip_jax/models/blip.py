@@ -49,7 +49,7 @@ class Blip(nn.Module):
       self.vision_proj = layers.dense(c.embed_dim, ("embed", "proj"), name=None, **kw)
       self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), name=None, **kw)
     if "itm" in comps:
-      self.itm_head = layers.dense(2, ("embed", None), name=None, **kw)
+      self.itm_head = layers.dense(2, ("embed", "classes"), name=None, **kw)
     if "temp" in comps:
       self.temp = self.param("temp", nn.with_logical_partitioning(
           nn.initializers.constant(c.temp_init), ()), (), jnp.dtype(c.param_dtype))

@@ -6,7 +6,8 @@ DenseGeneral kernels with logical names fail under `jax.set_mesh` (reference sec
 
 Logical axes used: "embed" (model width), "mlp" (FFN width), "heads" (attention width, head-major),
 "qkv" (fused ViT q|k|v width), "vocab", "kv_embed" (cross-attention input width), "patch" (flattened
-patch pixels), "proj" (ITC width). Activations: "batch", "length".
+patch pixels), "proj" (ITC width), "classes" (ITM head outputs), "positions" (text position table), "embed_out" (LM-head transform
+output). Activations: "batch", "length".
 """
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ class Embeddings(nn.Module):
                                     dtype=self.dtype, param_dtype=self.param_dtype)
     self.position_embeddings = nn.Embed(
         c.max_position_embeddings, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(layers.BERT_INIT, (None, "embed")))
+        embedding_init=nn.with_logical_partitioning(layers.BERT_INIT, ("positions", "embed")))
     self.LayerNorm = layers.layer_norm(c.layer_norm_eps, name=None, dtype=self.dtype,
                                        param_dtype=self.param_dtype)
     self.dropout = nn.Dropout(c.hidden_dropout)
