@@ -37,29 +37,32 @@ QUEUE_KEYS = {  # Salesforce buffer names of the ITC queues
     "retrieval": {"image": "image_queue", "text": "text_queue", "idx": "idx_queue", "ptr": "ptr_queue"},
 }
 
-# Salesforce ViT key (relative to `visual_encoder.`) -> Hugging Face (relative to `vision_model.`).
-_HF_VISION = [
-    (r"^cls_token$", "embeddings.class_embedding"),
-    (r"^pos_embed$", "embeddings.position_embedding"),
-    (r"^patch_embed\.proj\.", "embeddings.patch_embedding."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.", r"encoder.layers.\1.self_attn.qkv."),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.projection."),
-    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
-    (r"^norm\.", "post_layernorm."),
+# Salesforce ViT key (relative to `visual_encoder.`) <-> Hugging Face (relative to `vision_model.`);
+# {N} is a block index, a trailing "." matches any leaf. Both directions are generated from this table.
+_VISION_NAMES = [
+    ("cls_token", "embeddings.class_embedding"),
+    ("pos_embed", "embeddings.position_embedding"),
+    ("patch_embed.proj.", "embeddings.patch_embedding."),
+    ("blocks.{N}.norm1.", "encoder.layers.{N}.layer_norm1."),
+    ("blocks.{N}.norm2.", "encoder.layers.{N}.layer_norm2."),
+    ("blocks.{N}.attn.qkv.", "encoder.layers.{N}.self_attn.qkv."),
+    ("blocks.{N}.attn.proj.", "encoder.layers.{N}.self_attn.projection."),
+    ("blocks.{N}.mlp.", "encoder.layers.{N}.mlp."),
+    ("norm.", "post_layernorm."),
 ]
-_SF_VISION = [  # inverse of _HF_VISION
-    (r"^embeddings\.class_embedding$", "cls_token"),
-    (r"^embeddings\.position_embedding$", "pos_embed"),
-    (r"^embeddings\.patch_embedding\.", "patch_embed.proj."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"blocks.\1.attn.qkv."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
-    (r"^post_layernorm\.", "norm."),
-]
+
+
+def _rules(pairs):
+  """[(from, to)] with {N} -> [(regex, replacement)]."""
+  out = []
+  for a, b in pairs:
+    pat = "^" + re.escape(a).replace(r"\{N\}", r"(\d+)") + ("" if a.endswith(".") else "$")
+    out.append((pat, b.replace("{N}", r"\1")))
+  return out
+
+
+_HF_VISION = _rules(_VISION_NAMES)
+_SF_VISION = _rules([(b, a) for a, b in _VISION_NAMES])
 
 
 @dataclasses.dataclass(frozen=True)
