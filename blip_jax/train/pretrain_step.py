@@ -1,0 +1,151 @@
+"""BLIP's pretraining step (reference section 5, in its exact order) and the plain-dict train state.
+
+state = {"step", "params", "momentum", "opt_state", "queues": {"image", "text", "ptr"[, "idx"]}, "rng"}
+batch = {"images" (B, H, W, 3), "ids" (B, L) with [CLS] first, "mask" (B, L)[, "idx" (B,) image ids]}
+B is the global batch: ITC negatives span all data shards; ITM negatives are drawn per shard
+("local", like the official per-GPU pretraining) or over the whole batch ("global", retrieval).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from blip_jax.losses import alpha_schedule, hard_negatives, itc_loss, itm_loss, lm_loss
+from blip_jax.models.blip import Blip, init_params, l2_normalize
+from blip_jax.models.config import BlipConfig
+from blip_jax.models.momentum import momentum_view
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Hyper-parameters of the three losses."""
+  queue_size: int = 57600
+  momentum: float = 0.995
+  alpha: float = 0.4
+  alpha_ramp_steps: int = 1  # 2 epochs of steps in pretraining, 1 epoch in retrieval fine-tuning
+  label_smoothing: float = 0.1
+  negatives: str = "local"  # "local" (per data shard) or "global" (same-id masked; needs batch["idx"])
+  negative_groups: int = 1  # number of data shards for "local"
+  multi_positive: bool = False  # ITC targets by image id (retrieval fine-tuning)
+
+
+def validate(model: BlipConfig, obj: Objective, global_batch: int) -> None:
+  """Fail before compiling, naming the key."""
+  if "momentum" not in model.components:
+    raise ValueError(f"config.model.task={model.task!r} has no momentum encoder: use pretrain or retrieval")
+  if obj.queue_size % global_batch:
+    raise ValueError(f"config.queue_size={obj.queue_size} is not a multiple of the global batch "
+                     f"{global_batch}: the queue must wrap exactly (reference s.5 step 4)")
+  if obj.negatives not in ("local", "global"):
+    raise ValueError(f"config.negatives={obj.negatives!r}: must be 'local' or 'global'")
+  if obj.negatives == "local" and global_batch % obj.negative_groups:
+    raise ValueError(f"global batch {global_batch} is not divisible by config.negative_groups="
+                     f"{obj.negative_groups}")
+  if (obj.negatives == "global" or obj.multi_positive) and model.task != "retrieval":
+    raise ValueError("config.negatives='global' and multi_positive need image ids: task 'retrieval'")
+
+
+def init_state(model: BlipConfig, obj: Objective, tx: optax.GradientTransformation, rng: jax.Array) -> dict:
+  """Fresh state: momentum = copy of params (as the official model starts), queues random normal,
+  L2-normalised; idx queue -100."""
+  r_params, r_iq, r_tq, r_state = jax.random.split(rng, 4)
+  params = init_params(model, r_params)
+  queues = {"image": l2_normalize(jax.random.normal(r_iq, (obj.queue_size, model.embed_dim))),
+            "text": l2_normalize(jax.random.normal(r_tq, (obj.queue_size, model.embed_dim))),
+            "ptr": jnp.zeros((), jnp.int32)}
+  if model.task == "retrieval":
+    queues["idx"] = jnp.full((obj.queue_size,), -100, jnp.int32)
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "momentum": jax.tree.map(jnp.array, momentum_view(params)), "opt_state": tx.init(params),
+          "queues": queues, "rng": r_state}
+
+
+def ema(momentum: dict, params: dict, m: float) -> dict:
+  """p_m = m * p_m + (1 - m) * p over the momentum sub-tree."""
+  return jax.tree.map(lambda pm, p: m * pm + (1.0 - m) * p, momentum, momentum_view(params))
+
+
+def enqueue(queues: dict, image_feat_m, text_feat_m, idx=None) -> dict:
+  """Write the global batch of momentum features at the pointer and advance it (wraps exactly)."""
+  ptr, b = queues["ptr"], image_feat_m.shape[0]
+  out = dict(queues)
+  out["image"] = jax.lax.dynamic_update_slice(queues["image"], image_feat_m.astype(jnp.float32), (ptr, 0))
+  out["text"] = jax.lax.dynamic_update_slice(queues["text"], text_feat_m.astype(jnp.float32), (ptr, 0))
+  if idx is not None:
+    out["idx"] = jax.lax.dynamic_update_slice(queues["idx"], idx.astype(queues["idx"].dtype), (ptr,))
+  out["ptr"] = (ptr + b) % queues["image"].shape[0]
+  return out
+
+
+def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.GradientTransformation):
+  """(state, batch) -> (state, metrics); pure, to be wrapped in jax.jit by the caller."""
+  model = Blip(model_config)
+  c = model_config
+
+  def apply(params, method, *args, rng=None, **kw):
+    rngs = {"dropout": rng} if rng is not None else {}
+    return model.apply({"params": params}, *args, method=method, rngs=rngs, **kw)
+
+  def step(state, batch):
+    images, ids, mask = batch["images"], batch["ids"], batch["mask"]
+    idx = batch.get("idx")
+    rng, r_next = jax.random.split(state["rng"])
+    r = lambda i: jax.random.fold_in(rng, i)
+    # 1. clamp temp (the official code clamps the stored parameter in place)
+    params = dict(state["params"])
+    params["temp"] = jnp.clip(params["temp"], c.temp_min, c.temp_max)
+    # 2. momentum update first, then the momentum forward (no gradient; train mode as officially)
+    momentum = ema(state["momentum"], params, obj.momentum)
+    m_vars = {**momentum, "temp": params["temp"]}  # Blip.setup declares temp; the momentum model has none
+    img_m = apply(m_vars, Blip.encode_image, images, train=True, rng=r(0))
+    image_feat_m = apply(m_vars, Blip.image_feature, img_m)
+    text_feat_m = apply(m_vars, Blip.text_feature,
+                        apply(m_vars, Blip.encode_text, ids, mask, train=True, rng=r(1)))
+    image_feat_m, text_feat_m = jax.lax.stop_gradient((image_feat_m, text_feat_m))
+    alpha = alpha_schedule(state["step"], 1, obj.alpha, ramp_epochs=obj.alpha_ramp_steps)
+    queues = state["queues"]
+    use_idx = obj.multi_positive
+
+    def loss_fn(p):
+      img = apply(p, Blip.encode_image, images, train=True, rng=r(2))
+      image_feat = apply(p, Blip.image_feature, img)
+      text_feat = apply(p, Blip.text_feature, apply(p, Blip.encode_text, ids, mask, train=True, rng=r(3)))
+      temp = p["temp"]
+      # 3. ITC over [momentum batch ; queue]
+      l_itc, sims = itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, queues["image"],
+                             queues["text"], temp, alpha, idx if use_idx else None,
+                             queues.get("idx") if use_idx else None)
+      # 5. ITM: positives, then hard negatives drawn without gradient
+      b = ids.shape[0]
+      if obj.negatives == "local":
+        sim_i2t, sim_t2i = sims["sim_i2t"][:, :b], sims["sim_t2i"][:, :b]
+      else:
+        sim_i2t = image_feat @ text_feat.T / temp
+        sim_t2i = sim_i2t.T
+      neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, mode=obj.negatives,
+                                        groups=obj.negative_groups, idx=idx)
+      pos = apply(p, Blip.itm_logits, ids, mask, img, train=True, rng=r(5))
+      neg = apply(p, Blip.itm_logits, jnp.concatenate([ids, ids[neg_txt]]),
+                  jnp.concatenate([mask, mask[neg_txt]]), jnp.concatenate([img[neg_img], img]),
+                  train=True, rng=r(6))
+      l_itm = itm_loss(pos, neg)
+      # 6. LM with label smoothing ([DEC] replaces [CLS] inside decode)
+      logits = apply(p, Blip.decode, ids, mask, img, train=True, rng=r(7))
+      l_lm = lm_loss(logits, ids, mask, obj.label_smoothing)
+      return l_itc + l_itm + l_lm, {"loss_itc": l_itc, "loss_itm": l_itm, "loss_lm": l_lm}
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    # 4. enqueue the global batch of momentum features after the loss
+    queues = enqueue(queues, image_feat_m, text_feat_m, idx if "idx" in queues else None)
+    metrics = dict(metrics, loss=loss, temp=params["temp"], alpha=alpha,
+                   grad_norm=optax.tree.norm(grads))
+    new_state = {"step": state["step"] + 1, "params": params, "momentum": momentum,
+                 "opt_state": opt_state, "queues": queues, "rng": r_next}
+    return new_state, metrics
+
+  return step

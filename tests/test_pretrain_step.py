@@ -1,0 +1,93 @@
+"""The jitted pretraining step: EMA before the momentum forward, enqueue at the pointer, validation
+before compiling, one compile for many steps, schedules."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blip_jax.models import Blip, tiny
+from blip_jax.models.momentum import momentum_view
+from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
+from blip_jax.train.pretrain_step import Objective, init_state, make_train_step, validate
+
+B, Q = 8, 24
+
+
+@pytest.fixture(scope="module")
+def setup():
+  c = tiny("pretrain")
+  # no dropout, so the momentum features are a deterministic function of the momentum params
+  c = c.replace(text=dataclasses.replace(c.text, hidden_dropout=0.0, attention_dropout=0.0))
+  obj = Objective(queue_size=Q, alpha_ramp_steps=4)
+  tx = make_optimizer(pretrain_schedule(1e-4, 2, 10))
+  rng = np.random.default_rng(0)
+  batch = {"images": jnp.asarray(rng.normal(size=(B, 32, 32, 3)), jnp.float32),
+           "ids": jnp.asarray(np.concatenate([np.full((B, 1), 101), rng.integers(1000, 1100, (B, 6))], 1)),
+           "mask": jnp.ones((B, 7), jnp.int32)}
+  step = jax.jit(make_train_step(c, obj, tx))
+  state0 = init_state(c, obj, tx, jax.random.key(0))
+  state1, metrics = step(state0, batch)
+  return c, obj, step, batch, state0, state1, metrics
+
+
+def test_ema_is_exact_and_precedes_momentum_forward(setup):
+  c, obj, _, batch, s0, s1, _ = setup
+  clamped = dict(s0["params"], temp=jnp.clip(s0["params"]["temp"], c.temp_min, c.temp_max))
+  want = jax.tree.map(lambda m, p: 0.995 * m + 0.005 * p, s0["momentum"], momentum_view(clamped))
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(s1["momentum"])):  # jit may fuse to FMA: 1 ulp
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-9)
+  # momentum never gets gradients: params moved, momentum moved only by the EMA
+  assert not np.array_equal(s1["params"]["text_proj"]["kernel"], s0["params"]["text_proj"]["kernel"])
+
+
+def test_enqueue_writes_momentum_features_of_updated_momentum_at_pointer(setup):
+  c, _, _, batch, s0, s1, _ = setup
+  m = Blip(c)
+  mv = dict(s1["momentum"], temp=s1["params"]["temp"])
+  img = m.apply({"params": mv}, batch["images"], method=Blip.encode_image)
+  feat_i = m.apply({"params": mv}, img, method=Blip.image_feature)
+  feat_t = m.apply({"params": mv}, m.apply({"params": mv}, batch["ids"], batch["mask"], method=Blip.encode_text),
+                   method=Blip.text_feature)
+  np.testing.assert_allclose(s1["queues"]["image"][:B], feat_i, atol=1e-6)
+  np.testing.assert_allclose(s1["queues"]["text"][:B], feat_t, atol=1e-6)
+  np.testing.assert_array_equal(s1["queues"]["image"][B:], s0["queues"]["image"][B:])
+  assert int(s1["queues"]["ptr"]) == B and int(s1["step"]) == 1
+
+
+def test_queue_wraps_and_step_compiles_once(setup):
+  _, _, step, batch, _, s1, _ = setup
+  s = s1
+  for _ in range(10):
+    s, metrics = step(s, batch)
+  assert int(s["queues"]["ptr"]) == (11 * B) % Q
+  assert step._cache_size() == 1
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_losses_reported_and_alpha_ramps(setup):
+  *_, metrics = setup
+  assert {"loss", "loss_itc", "loss_itm", "loss_lm", "temp", "alpha", "grad_norm"} <= set(metrics)
+  np.testing.assert_allclose(float(metrics["loss"]),
+                             float(metrics["loss_itc"] + metrics["loss_itm"] + metrics["loss_lm"]), rtol=1e-6)
+  assert float(metrics["alpha"]) == 0.0  # step 0 of the ramp
+
+
+def test_queue_not_multiple_of_global_batch_rejected_before_compiling():
+  with pytest.raises(ValueError, match=r"config.queue_size=20 is not a multiple of the global batch 8"):
+    validate(tiny("pretrain"), Objective(queue_size=20), 8)
+  with pytest.raises(ValueError, match="config.negative_groups"):
+    validate(tiny("pretrain"), Objective(queue_size=24, negative_groups=5), 8)
+
+
+def test_schedules():
+  lr = pretrain_schedule(3e-4, warmup_steps=3000, steps_per_epoch=10000, decay_rate=0.9)
+  np.testing.assert_allclose(float(lr(0)), 1e-6)
+  np.testing.assert_allclose(float(lr(1500)), 1e-6 + (3e-4 - 1e-6) * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(5000)), 3e-4, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(25000)), 3e-4 * 0.81, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(10 ** 9)), 1e-6)  # floor
+  cos = finetune_cosine_schedule(1e-5, steps_per_epoch=100, epochs=6)
+  np.testing.assert_allclose(float(cos(0)), 1e-5)
+  np.testing.assert_allclose(float(cos(300)), 0.5e-5, rtol=1e-6)
