@@ -1,0 +1,60 @@
+"""Mesh, logical-axis rules and the shardings of the train state (flax lm1b / big_vision style).
+
+The mesh has axes (data, fsdp, tensor) with Auto axis types (Linen's logical constraints assert
+under the Explicit default of jax.make_mesh, reference s.11). The batch is split over (data, fsdp);
+parameters are split over fsdp along "embed" and over tensor along head/MLP/vocab widths. Shardings
+come from `eval_shape` of the boxed state, so the real state is born sharded by `jit(out_shardings)`.
+"""
+from __future__ import annotations
+
+import jax
+import flax.linen as nn
+import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from blip_jax.models.blip import Blip, _dummy_inputs
+from blip_jax.models.config import BlipConfig
+from blip_jax.models.momentum import momentum_view
+
+AXES = ("data", "fsdp", "tensor")
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")), ("length", None),
+    ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
+    ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", "tensor"),
+    ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None),
+)
+
+
+def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
+  """(data, fsdp, tensor) mesh with Auto axis types."""
+  n = shape[0] * shape[1] * shape[2]
+  devices = devices if devices is not None else jax.devices()
+  if n != len(devices):
+    raise ValueError(f"config.mesh={tuple(shape)} needs {n} devices, {len(devices)} available")
+  return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules=DEFAULT_RULES,
+                    queue_template=None):
+  """NamedShardings for every leaf of the train state (see pretrain_step.init_state).
+
+  Params, their momentum copies and the optimizer moments follow the logical axis names; queues,
+  step and rng are replicated.
+  """
+  def boxed_params(rng):
+    return Blip(model).init({"params": rng, "dropout": rng}, *_dummy_inputs(model, 1, 8))["params"]
+
+  boxed = jax.eval_shape(boxed_params, jax.random.key(0))
+  opt = jax.eval_shape(tx.init, boxed)
+  logical = nn.get_partition_spec({"params": boxed, "momentum": momentum_view(boxed), "opt_state": opt})
+  out = nn.logical_to_mesh_sharding(logical, mesh, list(rules))
+  replicated = NamedSharding(mesh, P())
+  out["step"] = replicated
+  out["rng"] = replicated
+  out["queues"] = jax.tree.map(lambda _: replicated, queue_template)
+  return out
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (batch) axis over (data, fsdp); everything else replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
