@@ -17,10 +17,13 @@ from blip_jax.models.config import BlipConfig
 from blip_jax.models.momentum import momentum_view
 
 AXES = ("data", "fsdp", "tensor")
+# "vocab" stays unsharded: 30524 is not divisible by 8, and sharding it over "tensor" on a (2,2,2) CPU
+# mesh gave word-embedding gradients off by ~0.08 from one device (gather/scatter partitioning), while
+# every other rule agrees to float32 rounding. The table is still split over fsdp through "embed".
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")), ("length", None),
     ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
-    ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", "tensor"),
+    ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", None),
     ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None),
 )
 
