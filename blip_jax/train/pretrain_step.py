@@ -22,7 +22,7 @@ from blip_jax.models.momentum import momentum_view
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """Hyper-parameters of the three losses."""
-  queue_size: int = 57600
+  queue_size: int = 57600  # 0 = no queue: in-batch ITC only (ablation; also what a fixed-pair overfit needs)
   momentum: float = 0.995
   alpha: float = 0.4
   alpha_ramp_steps: int = 1  # 2 epochs of steps in pretraining, 1 epoch in retrieval fine-tuning
@@ -70,6 +70,8 @@ def ema(momentum: dict, params: dict, m: float) -> dict:
 
 def enqueue(queues: dict, image_feat_m, text_feat_m, idx=None) -> dict:
   """Write the global batch of momentum features at the pointer and advance it (wraps exactly)."""
+  if queues["image"].shape[0] == 0:
+    return queues
   ptr, b = queues["ptr"], image_feat_m.shape[0]
   out = dict(queues)
   out["image"] = jax.lax.dynamic_update_slice(queues["image"], image_feat_m.astype(jnp.float32), (ptr, 0))
