@@ -116,3 +116,31 @@ def test_tiny_model_overfits_eight_fixed_pairs():
   for k in history[0]:
     last = np.mean([h[k] for h in history[-10:]])
     assert last <= 0.2 * history[0][k], (k, history[0][k], last)
+
+
+def test_gradient_accumulation_of_identical_microbatches_equals_one_step():
+  """Two identical microbatches of 2 pairs (each pair's only hard negative is the other: sampling
+  is deterministic), no dropout: the accumulated step must equal one plain step on one microbatch,
+  with one EMA update and one optimizer step, and enqueue all 4 momentum features."""
+  c = tiny("pretrain")
+  c = c.replace(text=dataclasses.replace(c.text, hidden_dropout=0.0, attention_dropout=0.0))
+  obj = Objective(queue_size=8, alpha_ramp_steps=1)
+  tx = make_optimizer(pretrain_schedule(1e-3, 1, 10))
+  rng = np.random.default_rng(1)
+  half = {"images": jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+          "ids": jnp.asarray(np.concatenate([np.full((2, 1), 101), rng.integers(1000, 1100, (2, 5))], 1)),
+          "mask": jnp.ones((2, 6), jnp.int32)}
+  double = jax.tree.map(lambda x: jnp.concatenate([x, x]), half)
+  s0 = init_state(c, obj, tx, jax.random.key(0))
+  one, m1 = jax.jit(make_train_step(c, obj, tx))(s0, half)
+  acc, m2 = jax.jit(make_train_step(c, obj, tx, accum_steps=2))(s0, double)
+  np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(acc["params"])):
+    np.testing.assert_allclose(b, a, atol=2e-6)
+  for a, b in zip(jax.tree.leaves(one["momentum"]), jax.tree.leaves(acc["momentum"])):
+    np.testing.assert_array_equal(b, a)
+  assert int(acc["queues"]["ptr"]) == 4 and int(one["queues"]["ptr"]) == 2
+  np.testing.assert_allclose(acc["queues"]["image"][2:4], acc["queues"]["image"][:2], atol=1e-6)
+  np.testing.assert_allclose(acc["queues"]["image"][:2], one["queues"]["image"][:2], atol=1e-6)
+  with pytest.raises(ValueError, match="config.accum_steps=3"):
+    validate(c, obj, 8, accum_steps=3)

@@ -32,8 +32,10 @@ class Objective:
   multi_positive: bool = False  # ITC targets by image id (retrieval fine-tuning)
 
 
-def validate(model: BlipConfig, obj: Objective, global_batch: int) -> None:
+def validate(model: BlipConfig, obj: Objective, global_batch: int, accum_steps: int = 1) -> None:
   """Fail before compiling, naming the key."""
+  if accum_steps < 1 or global_batch % accum_steps:
+    raise ValueError(f"global batch {global_batch} is not divisible by config.accum_steps={accum_steps}")
   if "momentum" not in model.components:
     raise ValueError(f"config.model.task={model.task!r} has no momentum encoder: use pretrain or retrieval")
   if obj.queue_size % global_batch:
@@ -41,9 +43,9 @@ def validate(model: BlipConfig, obj: Objective, global_batch: int) -> None:
                      f"{global_batch}: the queue must wrap exactly (reference s.5 step 4)")
   if obj.negatives not in ("local", "global"):
     raise ValueError(f"config.negatives={obj.negatives!r}: must be 'local' or 'global'")
-  if obj.negatives == "local" and global_batch % obj.negative_groups:
-    raise ValueError(f"global batch {global_batch} is not divisible by config.negative_groups="
-                     f"{obj.negative_groups}")
+  if obj.negatives == "local" and (global_batch // accum_steps) % obj.negative_groups:
+    raise ValueError(f"(micro)batch {global_batch // accum_steps} is not divisible by "
+                     f"config.negative_groups={obj.negative_groups}")
   if (obj.negatives == "global" or obj.multi_positive) and model.task != "retrieval":
     raise ValueError("config.negatives='global' and multi_positive need image ids: task 'retrieval'")
 
@@ -82,8 +84,18 @@ def enqueue(queues: dict, image_feat_m, text_feat_m, idx=None) -> dict:
   return out
 
 
-def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.GradientTransformation):
-  """(state, batch) -> (state, metrics); pure, to be wrapped in jax.jit by the caller."""
+def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.GradientTransformation,
+                    accum_steps: int = 1):
+  """(state, batch) -> (state, metrics); pure, to be wrapped in jax.jit by the caller.
+
+  Gradient accumulation (`accum_steps` > 1) splits the global batch into microbatches that run one
+  after another (lax.scan), summing gradients. Per step, as without accumulation: temp is clamped and
+  the EMA updated once, before any momentum forward; the optimizer steps once; all microbatches'
+  momentum features are enqueued together at the end. Per microbatch: ITC scores its own
+  microbatch plus the queue (the queue does not change within the step), and ITM hard negatives are
+  drawn within the microbatch. So a step with k microbatches sees B/k in-batch ITC negatives and
+  ITM candidates instead of B: the losses, not only the memory, differ from the full batch.
+  """
   model = Blip(model_config)
   c = model_config
 
@@ -91,24 +103,17 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     rngs = {"dropout": rng} if rng is not None else {}
     return model.apply({"params": params}, *args, method=method, rngs=rngs, **kw)
 
-  def step(state, batch):
+  def micro(params, momentum, queues, alpha, batch, rng):
+    """Loss, gradients and momentum features of one (micro)batch."""
     images, ids, mask = batch["images"], batch["ids"], batch["mask"]
     idx = batch.get("idx")
-    rng, r_next = jax.random.split(state["rng"])
     r = lambda i: jax.random.fold_in(rng, i)
-    # 1. clamp temp (the official code clamps the stored parameter in place)
-    params = dict(state["params"])
-    params["temp"] = jnp.clip(params["temp"], c.temp_min, c.temp_max)
-    # 2. momentum update first, then the momentum forward (no gradient; train mode as officially)
-    momentum = ema(state["momentum"], params, obj.momentum)
     m_vars = {**momentum, "temp": params["temp"]}  # Blip.setup declares temp; the momentum model has none
     img_m = apply(m_vars, Blip.encode_image, images, train=True, rng=r(0))
     image_feat_m = apply(m_vars, Blip.image_feature, img_m)
     text_feat_m = apply(m_vars, Blip.text_feature,
                         apply(m_vars, Blip.encode_text, ids, mask, train=True, rng=r(1)))
     image_feat_m, text_feat_m = jax.lax.stop_gradient((image_feat_m, text_feat_m))
-    alpha = alpha_schedule(state["step"], 1, obj.alpha, ramp_epochs=obj.alpha_ramp_steps)
-    queues = state["queues"]
     use_idx = obj.multi_positive
 
     def loss_fn(p):
@@ -140,12 +145,38 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
       return l_itc + l_itm + l_lm, {"loss_itc": l_itc, "loss_itm": l_itm, "loss_lm": l_lm}
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, dict(metrics, loss=loss), (image_feat_m, text_feat_m)
+
+  def step(state, batch):
+    rng, r_next = jax.random.split(state["rng"])
+    # 1. clamp temp (the official code clamps the stored parameter in place)
+    params = dict(state["params"])
+    params["temp"] = jnp.clip(params["temp"], c.temp_min, c.temp_max)
+    # 2. momentum update first; the momentum forwards happen inside `micro`
+    momentum = ema(state["momentum"], params, obj.momentum)
+    alpha = alpha_schedule(state["step"], 1, obj.alpha, ramp_epochs=obj.alpha_ramp_steps)
+    queues = state["queues"]
+    if accum_steps == 1:
+      grads, metrics, (feat_i, feat_t) = micro(params, momentum, queues, alpha, batch, rng)
+    else:
+      micro_batches = jax.tree.map(
+          lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+
+      def body(acc, xs):
+        mb, i = xs
+        g, m, f = micro(params, momentum, queues, alpha, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, (g, m)), f
+
+      zeros = jax.tree.map(jnp.zeros_like, (params, {k: jnp.zeros(()) for k in
+                                                     ("loss", "loss_itc", "loss_itm", "loss_lm")}))
+      (grads, metrics), feats = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(accum_steps)))
+      grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
+      feat_i, feat_t = (f.reshape((-1,) + f.shape[2:]) for f in feats)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     # 4. enqueue the global batch of momentum features after the loss
-    queues = enqueue(queues, image_feat_m, text_feat_m, idx if "idx" in queues else None)
-    metrics = dict(metrics, loss=loss, temp=params["temp"], alpha=alpha,
-                   grad_norm=optax.tree.norm(grads))
+    queues = enqueue(queues, feat_i, feat_t, batch.get("idx") if "idx" in queues else None)
+    metrics = dict(metrics, temp=params["temp"], alpha=alpha, grad_norm=optax.tree.norm(grads))
     new_state = {"step": state["step"] + 1, "params": params, "momentum": momentum,
                  "opt_state": opt_state, "queues": queues, "rng": r_next}
     return new_state, metrics
