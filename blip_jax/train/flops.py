@@ -1,0 +1,54 @@
+"""Analytic FLOPs of BLIP's pretraining step as we run it, for TFLOP/s and MFU logging.
+
+Counts matmul FLOPs (2 per multiply-add), which dominate at every real size. Per step:
+  momentum forwards (no backward): ViT (B images), unimodal text (B)
+  online forwards, each x3 for forward + backward: ViT (B), unimodal text (B), ITM positive
+  multimodal pass (B), ITM negative pass (2B), decoder with LM head (B), ITC similarity matrices.
+"""
+from __future__ import annotations
+
+from blip_jax.models.config import BlipConfig
+
+# Dense peak FLOP/s per chip for MFU (bf16 unless noted). Sources: vendor spec sheets.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+def vit_forward(cfg: BlipConfig, batch: int) -> float:
+  v = cfg.vision
+  n, d = v.num_tokens, v.width
+  per_layer = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * v.mlp_dim
+  patches = 2 * (n - 1) * (v.patch_size ** 2 * 3) * d
+  return batch * (v.depth * per_layer + patches)
+
+
+def text_forward(cfg: BlipConfig, batch: int, length: int, cross: bool, lm_head: bool) -> float:
+  t, n, dv = cfg.text, cfg.vision.num_tokens, cfg.vision.width
+  l, d = length, t.hidden_size
+  per_layer = 2 * l * d * 3 * d + 2 * 2 * l * l * d + 2 * l * d * d + 2 * 2 * l * d * t.intermediate_size
+  if cross:
+    per_layer += 2 * l * d * d + 2 * 2 * n * dv * d + 2 * 2 * l * n * d + 2 * l * d * d
+  head = (2 * l * d * d + 2 * l * d * t.vocab_size) if lm_head else 0
+  return batch * (t.num_layers * per_layer + head)
+
+
+def pretrain_step_flops(cfg: BlipConfig, batch: int, length: int, queue_size: int) -> float:
+  """FLOPs of one pretraining step on a global batch of `batch` pairs of `length` tokens."""
+  e = cfg.embed_dim
+  proj = 2 * batch * (cfg.vision.width + cfg.text.hidden_size) * e
+  momentum = vit_forward(cfg, batch) + text_forward(cfg, batch, length, False, False) + proj
+  itc = 2 * 2 * batch * (batch + queue_size) * e
+  online = (vit_forward(cfg, batch) + text_forward(cfg, batch, length, False, False) + proj
+            + text_forward(cfg, batch, length, True, False)          # ITM positives
+            + text_forward(cfg, 2 * batch, length, True, False)      # ITM negatives
+            + text_forward(cfg, batch, length, True, True)           # decoder + LM head
+            + 2 * batch * cfg.text.hidden_size * 2 + itc)
+  return momentum + 2 * itc + 3 * online
+
+
+def device_peak(device_kind: str) -> float | None:
+  """Peak FLOP/s of a jax device_kind string, or None when unknown (e.g. CPU)."""
+  for name, peak in PEAK_FLOPS.items():
+    if device_kind.startswith(name):
+      return peak
+  return None
