@@ -35,4 +35,5 @@ def test_step_flops_match_xla_cost_analysis():
 
 
 def test_device_peaks():
-  assert F.device_peak("TPU v5p") == 459e12 and F.device_peak("cpu") is None
+  assert F.device_peak("TPU v5") == 459e12 and F.device_peak("TPU v5 lite") == 197e12
+  assert F.device_peak("cpu") is None and F.device_hbm("TPU v5") == 95 << 30
