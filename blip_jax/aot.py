@@ -9,6 +9,7 @@ and, per device, argument / output / temporary memory against the chip's HBM.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -24,6 +25,9 @@ from blip_jax.train.pretrain_step import init_state, make_train_step
 
 def topology_devices(name: str):
   """Devices of a TPU topology such as "v5p:4x4x4" (AOT only: nothing runs on them)."""
+  # AOT never touches a chip: let several processes (tests, a second CLI) load libtpu at once
+  # instead of contending for /tmp/libtpu_lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   try:
     return topologies.get_topology_desc(platform="tpu", topology_name=name).devices
