@@ -44,7 +44,8 @@ def compile_step(cfg, devices) -> dict:
   tx = build.optimizer(cfg)
   mesh = S.make_mesh(mesh_shape, devices)
   abstract = jax.eval_shape(lambda: init_state(model, obj, tx, jax.random.key(0)))
-  shardings = S.state_shardings(model, tx, mesh, queue_template=abstract["queues"])
+  rules = build.sharding_rules(cfg)
+  shardings = S.state_shardings(model, tx, mesh, rules, queue_template=abstract["queues"])
   state_in = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           abstract, shardings)
   bsh = S.batch_sharding(mesh)
@@ -53,7 +54,7 @@ def compile_step(cfg, devices) -> dict:
               "ids": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=bsh),
               "mask": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=bsh)}
   t0 = time.time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(S.DEFAULT_RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     step = jax.jit(make_train_step(model, obj, tx, cfg.accum_steps), in_shardings=(shardings, bsh),
                    out_shardings=(shardings, None), donate_argnums=0)
     compiled = step.lower(state_in, batch_in).compile()

@@ -22,6 +22,8 @@ def test_tiny_config_compiles_for_v5p_topology():
 
 def test_paper_configs_resolve():
   b = pretrain_base_14m.get_config()
+  from blip_jax.train.sharding import DEFAULT_RULES
+  assert build.sharding_rules(b) == [(n, tuple(a) if isinstance(a, tuple) else a) for n, a in DEFAULT_RULES]
   assert build.mesh_shape(b, 64) == (64, 1, 1)
   obj = build.objective(b, (64, 1, 1))
   assert obj.queue_size == 57600 and obj.negative_groups == 64 and obj.alpha == 0.4

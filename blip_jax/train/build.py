@@ -70,3 +70,10 @@ def optimizer(cfg):
   else:
     raise ValueError(f"config.optimizer.schedule={o.schedule!r}: must be 'pretrain' or 'cosine'")
   return make_optimizer(sched, o.weight_decay, o.decay_mode, o.clip_norm or None)
+
+
+def sharding_rules(cfg):
+  """config.sharding_rules as the list Flax expects (DEFAULT_RULES when absent)."""
+  from blip_jax.train.sharding import DEFAULT_RULES
+  rules = cfg.get("sharding_rules", None) or DEFAULT_RULES
+  return [(name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules]

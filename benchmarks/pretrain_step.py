@@ -1,0 +1,153 @@
+"""Pretraining step throughput: blip_jax vs a PyTorch eager reference of the same three-loss step
+(benchmarks/torch_reference.py, built from transformers' BLIP modules), same config, same run.
+
+  python benchmarks/pretrain_step.py [--configs tiny,vit_b] [--batch 4] [--steps 3] [--threads 2]
+
+Prints pairs/s, achieved GFLOP/s (analytic matmul FLOPs of the step as run, blip_jax/train/flops.py,
+for both sides: they do the same work) and that as a fraction of the float32 matmul peak measured in
+this run (best of torch and XLA on a 4096^2 matmul), plus our/torch ratios. Settings: ours fp32 and
+bf16 compute (fp32 params/optimizer/losses); torch fp32 and bf16 autocast. "best" = each side's
+fastest. Run it alone: the CPU is shared with anything else running.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse():
+  p = argparse.ArgumentParser()
+  p.add_argument("--configs", default="tiny,vit_b")
+  p.add_argument("--batch", type=int, default=4, help="pairs per step for vit_b (tiny uses 16)")
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--text-length", type=int, default=30)
+  return p.parse_args()
+
+
+ARGS = parse()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={ARGS.threads}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+
+from blip_jax.models import BlipConfig, tiny  # noqa: E402
+from blip_jax.train.flops import pretrain_step_flops  # noqa: E402
+from blip_jax.train.optimizer import make_optimizer  # noqa: E402
+from blip_jax.train.pretrain_step import Objective, init_state, make_train_step  # noqa: E402
+from benchmarks.torch_reference import BlipPretrainTorch  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+
+
+def matmul_peak(n=4096, reps=5) -> float:
+  """Best float32 matmul GFLOP/s of torch and XLA on this machine, now."""
+  a = torch.randn(n, n)
+  torch.mm(a, a)
+  t = time.perf_counter()
+  for _ in range(reps):
+    torch.mm(a, a)
+  torch_g = 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+  x = jnp.asarray(a.numpy())
+  f = jax.jit(lambda m: m @ m)
+  f(x).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(reps):
+    f(x).block_until_ready()
+  xla_g = 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+  print(f"float32 matmul {n}^2: torch {torch_g:.1f} GFLOP/s, XLA {xla_g:.1f} GFLOP/s")
+  return max(torch_g, xla_g)
+
+
+def batch_np(c: BlipConfig, b: int, length: int):
+  rng = np.random.default_rng(0)
+  s = c.vision.image_size
+  ids = rng.integers(1000, 2000, (b, length))
+  ids[:, 0] = 101
+  mask = np.ones((b, length), np.int64)
+  mask[b // 2:, length - 5:] = 0
+  return rng.normal(size=(b, s, s, 3)).astype(np.float32), ids, mask
+
+
+def time_ours(c: BlipConfig, b: int, length: int, queue: int, steps: int, dtype: str) -> float:
+  c = c.replace(dtype=dtype)
+  obj = Objective(queue_size=queue, alpha_ramp_steps=1)
+  tx = make_optimizer(optax.constant_schedule(1e-5))
+  state = init_state(c, obj, tx, jax.random.key(0))
+  images, ids, mask = batch_np(c, b, length)
+  batch = {"images": jnp.asarray(images), "ids": jnp.asarray(ids, jnp.int32), "mask": jnp.asarray(mask, jnp.int32)}
+  step = jax.jit(make_train_step(c, obj, tx), donate_argnums=0)
+  t = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  print(f"    compile + first step {time.perf_counter() - t:.1f} s")
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, m = step(state, batch)
+  jax.block_until_ready((state, m))
+  return (time.perf_counter() - t) / steps
+
+
+def time_torch(c: BlipConfig, b: int, length: int, queue: int, steps: int, bf16: bool) -> float:
+  torch.manual_seed(0)
+  model = BlipPretrainTorch(c, queue).train()
+  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.05)
+  images, ids, mask = batch_np(c, b, length)
+  image = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+
+  def one():
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      losses = model(image, ids_t, mask_t)
+    loss = sum(losses)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  one()
+  t = time.perf_counter()
+  for _ in range(steps):
+    one()
+  return (time.perf_counter() - t) / steps
+
+
+def main():
+  peak = matmul_peak()
+  for name in ARGS.configs.split(","):
+    if name == "tiny":
+      c, b, queue = tiny("pretrain", image_size=64, vision_width=128, text_width=128), 16, 64
+    elif name == "vit_b":
+      c, b, queue = BlipConfig(task="pretrain"), ARGS.batch, 57600
+    else:
+      raise SystemExit(f"unknown config {name}")
+    flops = pretrain_step_flops(c, b, ARGS.text_length, queue)
+    print(f"\n== {name}: batch {b}, text {ARGS.text_length}, queue {queue}, "
+          f"{flops / 1e12:.3f} TFLOP per step (analytic), {ARGS.threads} threads ==")
+    results = {}
+    for label, fn in [("ours fp32", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "float32")),
+                      ("ours bf16", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "bfloat16")),
+                      ("torch fp32", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, False)),
+                      ("torch bf16 autocast", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, True))]:
+      print(f"  {label} ...")
+      s = fn()
+      results[label] = s
+      g = flops / s / 1e9
+      print(f"  {label:22s} {s:8.3f} s/step {b / s:8.2f} pairs/s {g:8.1f} GFLOP/s  {100 * g / peak:5.1f}% of peak")
+    ours_best = min(results["ours fp32"], results["ours bf16"])
+    torch_best = min(results["torch fp32"], results["torch bf16 autocast"])
+    print(f"  ratio fp32 (ours/torch speed): {results['torch fp32'] / results['ours fp32']:.2f}x")
+    print(f"  ratio best (ours {min(results, key=lambda k: results[k] if k.startswith('ours') else 1e9)} "
+          f"vs torch {min(results, key=lambda k: results[k] if k.startswith('torch') else 1e9)}): "
+          f"{torch_best / ours_best:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
