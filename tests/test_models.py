@@ -147,3 +147,20 @@ def test_wrong_image_size_is_a_clear_error(batch):
   p = init_params(c, jax.random.key(0))
   with pytest.raises(ValueError, match="pos_embed has 17 positions"):
     Blip(c).apply({"params": p}, jnp.zeros((1, 48, 48, 3)), method=Blip.encode_image)
+
+
+def test_image_index_equals_explicit_gather(batch):
+  """Projecting cross-attention K/V once per image and gathering == pairing texts with gathered images."""
+  images, ids, mask = batch
+  c = tiny("pretrain")
+  p = init_params(c, jax.random.key(0))
+  m = Blip(c)
+  img = jax.jit(lambda p, x: m.apply({"params": p}, x, method=Blip.encode_image))(p, images)
+  index = jnp.asarray([1, 0, 1, 1])
+  ids4, mask4 = jnp.concatenate([ids, ids]), jnp.concatenate([mask, mask])
+  gathered = m.apply({"params": p}, ids4, mask4, img[index], method=Blip.itm_logits)
+  indexed = m.apply({"params": p}, ids4, mask4, img, method=Blip.itm_logits, image_index=index)
+  np.testing.assert_allclose(indexed, gathered, atol=1e-5)
+  dec_g = m.apply({"params": p}, ids4, mask4, img[index], method=Blip.decode)
+  dec_i = m.apply({"params": p}, ids4, mask4, img, method=Blip.decode, image_index=index)
+  np.testing.assert_allclose(dec_i, dec_g, atol=1e-5)

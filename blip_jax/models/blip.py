@@ -63,17 +63,21 @@ class Blip(nn.Module):
     """Unimodal text encoder ([CLS] first, as given): (B, L) -> (B, L, D)."""
     return self.text(ids, mask, mode="text", train=train)
 
-  def encode_multimodal(self, ids, mask, image_embeds, image_mask=None, train: bool = False):
-    """Image-grounded text encoder: first token forced to [ENC]. -> (B, L, D)."""
+  def encode_multimodal(self, ids, mask, image_embeds, image_mask=None, train: bool = False,
+                        image_index=None):
+    """Image-grounded text encoder: first token forced to [ENC]. -> (B, L, D).
+
+    image_index (B,), optional: text b attends to image image_index[b] of image_embeds (Bi, 1+N, Dv).
+    """
     ids = with_first_token(ids, self.config.text.enc_token_id)
     return self.text(ids, mask, mode="multimodal", encoder_states=image_embeds,
-                     encoder_mask=image_mask, train=train)
+                     encoder_mask=image_mask, encoder_index=image_index, train=train)
 
-  def decode(self, ids, mask, image_embeds, image_mask=None, train: bool = False):
+  def decode(self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None):
     """Image-grounded decoder: first token forced to [DEC]. -> (B, L, V) float32 logits."""
     ids = with_first_token(ids, self.config.text.bos_token_id)
     h = self.text(ids, mask, mode="decoder", encoder_states=image_embeds, encoder_mask=image_mask,
-                  train=train)
+                  encoder_index=image_index, train=train)
     return self.text.logits(h)
 
   # ---- heads --------------------------------------------------------------------------------
@@ -85,9 +89,11 @@ class Blip(nn.Module):
     """(B, L, D) unimodal states -> (B, E) L2-normalised ITC text feature (from [CLS])."""
     return l2_normalize(self.text_proj(text_embeds[:, 0]))
 
-  def itm_logits(self, ids, mask, image_embeds, image_mask=None, train: bool = False):
-    """(B, L) text and (B, 1+N, Dv) image tokens -> (B, 2) logits [no match, match]."""
-    h = self.encode_multimodal(ids, mask, image_embeds, image_mask, train=train)
+  def itm_logits(self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None):
+    """(B, L) text and (B, 1+N, Dv) image tokens -> (B, 2) logits [no match, match].
+
+    With image_index (B,), text b is paired with image image_index[b] (see encode_multimodal)."""
+    h = self.encode_multimodal(ids, mask, image_embeds, image_mask, train=train, image_index=image_index)
     return self.itm_head(h[:, 0]).astype(jnp.float32)
 
   def clamped_temp(self) -> jax.Array:

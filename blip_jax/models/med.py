@@ -43,13 +43,15 @@ class SelfOrCross(nn.Module):
   cross: bool = False
 
   @nn.compact
-  def __call__(self, x, kv, bias, deterministic):
+  def __call__(self, x, kv, bias, deterministic, kv_index=None):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     kv_axis = "kv_embed" if self.cross else "embed"
     q = layers.dense(c.hidden_size, ("embed", "heads"), name="query", **kw)(x)
     k = layers.dense(c.hidden_size, (kv_axis, "heads"), name="key", **kw)(kv)
     v = layers.dense(c.hidden_size, (kv_axis, "heads"), name="value", **kw)(kv)
+    if kv_index is not None:  # K/V projected once per unique encoder row, then gathered per text row
+      k, v = k[kv_index], v[kv_index]
     sh = lambda t: layers.split_heads(t, c.num_heads)
     ctx = layers.attention(sh(q), sh(k), sh(v), bias, dropout_rate=c.attention_dropout,
                            deterministic=deterministic, module=self)
@@ -89,14 +91,15 @@ class Attention(nn.Module):
   merge: bool = False
 
   @nn.compact
-  def __call__(self, x, bias, kvs=None, kv_biases=None, deterministic=True):
+  def __call__(self, x, bias, kvs=None, kv_biases=None, deterministic=True, kv_index=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if kvs is None:
       ctxs = [SelfOrCross(self.cfg, name="self", **kw)(x, x, bias, deterministic)]
     elif len(kvs) == 1:
-      ctxs = [SelfOrCross(self.cfg, cross=True, name="self", **kw)(x, kvs[0], kv_biases[0], deterministic)]
+      ctxs = [SelfOrCross(self.cfg, cross=True, name="self", **kw)(x, kvs[0], kv_biases[0], deterministic,
+                                                                  kv_index)]
     else:
-      ctxs = [SelfOrCross(self.cfg, cross=True, name=f"self{j}", **kw)(x, kv, kb, deterministic)
+      ctxs = [SelfOrCross(self.cfg, cross=True, name=f"self{j}", **kw)(x, kv, kb, deterministic, kv_index)
               for j, (kv, kb) in enumerate(zip(kvs, kv_biases))]
     return AttentionOutput(self.cfg, merge=self.merge, name="output", **kw)(ctxs, x, deterministic)
 
@@ -109,14 +112,15 @@ class Layer(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, self_bias, kvs, kv_biases, mode: str, deterministic: bool):
+  def __call__(self, x, self_bias, kvs, kv_biases, kv_index, mode: str, deterministic: bool):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     sa_name = "decoder_attention" if mode == "decoder" else "attention"
     x = Attention(c, name=sa_name, **kw)(x, self_bias, deterministic=deterministic)
     if mode != "text":
       merge = c.num_cross_branches > 1 and self.layer_index >= c.cross_merge_from_layer
-      x = Attention(c, merge=merge, name="crossattention", **kw)(x, None, kvs, kv_biases, deterministic)
+      x = Attention(c, merge=merge, name="crossattention", **kw)(x, None, kvs, kv_biases, deterministic,
+                                                                 kv_index)
     h = layers.dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
     h = layers.gelu(h)
     h = layers.dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(h)
@@ -179,15 +183,15 @@ class MED(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embeddings = Embeddings(self.cfg, **kw)
-    # static: mode (5) and deterministic (6), counting self as 0.
-    layer_cls = layers.maybe_remat(Layer, self.remat, static_argnums=(5, 6))
+    # static: mode (6) and deterministic (7), counting self as 0.
+    layer_cls = layers.maybe_remat(Layer, self.remat, static_argnums=(6, 7))
     self.layer = [layer_cls(self.cfg, i, **kw) for i in range(self.cfg.num_layers)]
     self.cls = LMHead(self.cfg, **kw)
 
   def __call__(self, ids: jax.Array, mask: jax.Array, *, mode: str = "text",
                encoder_states: jax.Array | tuple[jax.Array, ...] | None = None,
                encoder_mask: jax.Array | tuple[jax.Array, ...] | None = None,
-               train: bool = False) -> jax.Array:
+               encoder_index: jax.Array | None = None, train: bool = False) -> jax.Array:
     """Hidden states of the last layer.
 
     Args:
@@ -196,6 +200,9 @@ class MED(nn.Module):
       mode: one of MODES.
       encoder_states: (B, Lk, Dk) states to cross-attend to (a tuple of them for NLVR2).
       encoder_mask: (B, Lk) 1/0 (tuple for NLVR2); None = attend to all.
+      encoder_index: (B,) int, optional: text row b attends to encoder row encoder_index[b] of
+        encoder_states (Be, Lk, Dk). Cross-attention K/V are then projected once per encoder row and
+        gathered, so several texts per image (ITM negatives) cost one projection per image.
     Returns:
       (B, L, D) in the compute dtype.
     """
@@ -221,10 +228,12 @@ class MED(nn.Module):
         masks = tuple(jnp.ones(s.shape[:2], jnp.int32) for s in kvs)
       else:
         masks = tuple(encoder_mask) if isinstance(encoder_mask, (tuple, list)) else (encoder_mask,)
+      if encoder_index is not None:
+        masks = tuple(m[encoder_index] for m in masks)
       kv_biases = tuple(layers.padding_bias(m) for m in masks)
       kvs = tuple(s.astype(self.dtype) for s in kvs)
     for layer in self.layer:
-      x = layer(x, self_bias, kvs, kv_biases, mode, deterministic)
+      x = layer(x, self_bias, kvs, kv_biases, encoder_index, mode, deterministic)
     return x
 
   def logits(self, hidden: jax.Array) -> jax.Array:

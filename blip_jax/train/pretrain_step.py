@@ -134,11 +134,15 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
         sim_t2i = sim_i2t.T
       neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, mode=obj.negatives,
                                         groups=obj.negative_groups, idx=idx)
-      pos = apply(p, Blip.itm_logits, ids, mask, img, train=True, rng=r(5))
-      neg = apply(p, Blip.itm_logits, jnp.concatenate([ids, ids[neg_txt]]),
-                  jnp.concatenate([mask, mask[neg_txt]]), jnp.concatenate([img[neg_img], img]),
-                  train=True, rng=r(6))
-      l_itm = itm_loss(pos, neg)
+      # One pass over [positives; text with negative image; negative text with image]: each image's
+      # cross-attention K/V are projected once and gathered (the official code recomputes them for
+      # every pair). The decoder below projects the same K/V from the same image tokens; XLA's CSE
+      # can share that too.
+      rows = jnp.arange(b)
+      logits = apply(p, Blip.itm_logits, jnp.concatenate([ids, ids, ids[neg_txt]]),
+                     jnp.concatenate([mask, mask, mask[neg_txt]]), img, train=True, rng=r(5),
+                     image_index=jnp.concatenate([rows, neg_img, rows]))
+      l_itm = itm_loss(logits[:b], logits[b:])
       # 6. LM with label smoothing ([DEC] replaces [CLS] inside decode)
       logits = apply(p, Blip.decode, ids, mask, img, train=True, rng=r(7))
       l_lm = lm_loss(logits, ids, mask, obj.label_smoothing)
