@@ -34,7 +34,14 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
   devices = devices if devices is not None else jax.devices()
   if n != len(devices):
     raise ValueError(f"config.mesh={tuple(shape)} needs {n} devices, {len(devices)} available")
-  return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  try:
+    return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  except NotImplementedError:
+    # e.g. a size-2 axis on a 4x4x4 torus: no product of whole physical axes gives it, so let
+    # the mesh split a physical axis (still contiguous, just less ideal for collectives).
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_device_mesh(tuple(shape), devices, allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules=DEFAULT_RULES,
