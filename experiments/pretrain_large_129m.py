@@ -3,7 +3,6 @@
   python -m blip_jax.aot --config experiments/pretrain_large_129m.py --topology v5p:4x4x4
   variants: `:cpu`.
 """
-import ml_collections
 
 from experiments import pretrain_base_14m
 

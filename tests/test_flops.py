@@ -2,9 +2,8 @@
 import jax
 import jax.numpy as jnp
 import optax
-import pytest
 
-from blip_jax.models import Blip, BlipConfig, TextConfig, VisionConfig, init_params
+from blip_jax.models import BlipConfig, TextConfig, VisionConfig
 from blip_jax.train import flops as F
 from blip_jax.train.optimizer import make_optimizer
 from blip_jax.train.pretrain_step import Objective, init_state, make_train_step

@@ -1,5 +1,4 @@
 """Float32 parity with transformers' PyTorch BLIP on imported random weights (max abs diff <= 1e-5)."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blip_jax.losses import hard_negatives, itc_loss, itm_loss, lm_loss
-from blip_jax.losses.itm import negative_weights_global, negative_weights_local
+from blip_jax.losses.itm import negative_weights_local
 
 TOL = 1e-5
 

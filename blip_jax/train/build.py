@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from blip_jax.models.config import BlipConfig, VisionConfig, tiny, vit_b16, vit_l16
+from blip_jax.models.config import BlipConfig, tiny, vit_b16, vit_l16
 from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
 from blip_jax.train.pretrain_step import Objective, validate
 
