@@ -149,3 +149,10 @@ def test_negative_frequencies_follow_weights():
     stat = ((counts[keep] - n * p[keep]) ** 2 / (n * p[keep])).sum()
     assert counts[~keep].sum() == 0
     assert stat < _chi2_critical(keep.sum() - 1), (row, stat)
+
+
+def test_alpha_ramp():
+  from blip_jax.losses import alpha_schedule
+  assert float(alpha_schedule(0, 100)) == 0.0
+  assert abs(float(alpha_schedule(50, 100)) - 0.2) < 1e-7
+  assert abs(float(alpha_schedule(10 ** 6, 100)) - 0.4) < 1e-7

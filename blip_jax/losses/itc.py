@@ -57,7 +57,6 @@ def itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text
   return loss, {"sim_i2t": sim_i2t, "sim_t2i": sim_t2i}
 
 
-def alpha_schedule(step, steps_per_epoch: int, alpha: float = 0.4, ramp_epochs: float = 2.0):
-  """alpha * min(1, step / (ramp_epochs * steps_per_epoch)): 2 epochs in pretraining, 1 in retrieval."""
-  ramp = jnp.maximum(ramp_epochs * steps_per_epoch, 1.0)
-  return alpha * jnp.minimum(1.0, step / ramp)
+def alpha_schedule(step, ramp_steps: int, alpha: float = 0.4):
+  """alpha * min(1, step / ramp_steps); ramp = 2 epochs of steps in pretraining, 1 in retrieval."""
+  return alpha * jnp.minimum(1.0, step / max(ramp_steps, 1))

@@ -158,7 +158,7 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     params["temp"] = jnp.clip(params["temp"], c.temp_min, c.temp_max)
     # 2. momentum update first; the momentum forwards happen inside `micro`
     momentum = ema(state["momentum"], params, obj.momentum)
-    alpha = alpha_schedule(state["step"], 1, obj.alpha, ramp_epochs=obj.alpha_ramp_steps)
+    alpha = alpha_schedule(state["step"], obj.alpha_ramp_steps, obj.alpha)
     queues = state["queues"]
     if accum_steps == 1:
       grads, metrics, (feat_i, feat_t) = micro(params, momentum, queues, alpha, batch, rng)
