@@ -31,18 +31,21 @@ def _close(ours, theirs, tol=TOL):
   return err
 
 
+def _imported(cls_name, task, **sizes):
+  """(our config, random transformers model, its weights imported into blip_jax)."""
+  c = ref.our_config(task, **sizes)
+  model = ref.hf_model(cls_name, c)
+  return c, model, import_state_dict(ref.state_dict_numpy(model), task, "hf", config=c)
+
+
 @pytest.fixture(scope="module")
 def caption():
-  c = ref.our_config("caption")
-  model = ref.hf_model("BlipForConditionalGeneration", c)
-  return c, model, import_state_dict(ref.state_dict_numpy(model), "caption", "hf", config=c)
+  return _imported("BlipForConditionalGeneration", "caption")
 
 
 @pytest.fixture(scope="module")
 def retrieval():
-  c = ref.our_config("itm")
-  model = ref.hf_model("BlipForImageTextRetrieval", c)
-  return c, model, import_state_dict(ref.state_dict_numpy(model), "itm", "hf", config=c)
+  return _imported("BlipForImageTextRetrieval", "itm")
 
 
 def test_caption_vision_decoder_logits_and_lm_loss(caption):
@@ -83,9 +86,7 @@ def test_retrieval_itm_logits_and_itc_cosines(retrieval):
 @pytest.fixture(scope="module")
 def vqa():
   # transformers' VQA answer decoder takes K/V of the vision width: use equal widths so it runs.
-  c = ref.our_config("vqa", vision_width=32, text_width=32, vision_mlp=64)
-  model = ref.hf_model("BlipForQuestionAnswering", c)
-  return c, model, import_state_dict(ref.state_dict_numpy(model), "vqa", "hf", config=c)
+  return _imported("BlipForQuestionAnswering", "vqa", vision_width=32, text_width=32, vision_mlp=64)
 
 
 def test_vqa_question_encoder_and_answer_decoder(vqa):
@@ -151,11 +152,9 @@ def test_label_smoothing_is_configurable(caption):
 @pytest.mark.slow
 def test_full_size_vit_b_bert_base_caption_parity():
   """ViT-B/16 + BERT-base at 224 px (transformers' sizes), float32, <= 1e-4."""
-  c = ref.our_config("caption", vision_width=768, text_width=768, image_size=224, patch=16, layers=12,
-                     heads=12, vision_layers=12, vision_heads=12, text_mlp=3072, vision_mlp=3072,
-                     embed_dim=256)
-  model = ref.hf_model("BlipForConditionalGeneration", c)
-  ckpt = import_state_dict(ref.state_dict_numpy(model), "caption", "hf", config=c)
+  c, model, ckpt = _imported("BlipForConditionalGeneration", "caption", vision_width=768, text_width=768,
+                             image_size=224, patch=16, layers=12, heads=12, vision_layers=12,
+                             vision_heads=12, text_mlp=3072, vision_mlp=3072, embed_dim=256)
   images, ids, mask = ref.inputs(c, batch=2, length=12)
   dec_ids = _with_first(ids, 30522)
   with torch.no_grad():
