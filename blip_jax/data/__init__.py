@@ -1,0 +1,1 @@
+"""Input pipelines: text normalisation and tokenizers (sources, transforms and grain pipelines next)."""
