@@ -1,0 +1,116 @@
+"""A synthetic world of coloured shapes: the default, offline training data, and CapFilt's testbed.
+
+Example i is a pure function of (seed, i): 1-3 objects (colour, shape) in distinct cells of a 3x3 grid,
+rendered with PIL, and a caption generated from that metadata ("a red circle left of a blue square",
+"two green triangles", ...). With `noise > 0`, exactly round(noise * N) examples (a seeded permutation)
+get their caption replaced the way web alt-text is wrong: another scene's caption (mismatched) or a
+word-shuffled / word-dropped one (corrupted). `clean` records which pairs are untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+          "purple": (140, 60, 170), "orange": (240, 140, 30)}
+SHAPES = ("circle", "square", "triangle")
+NUMBERS = {2: "two", 3: "three"}
+BACKGROUND = (235, 235, 235)
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+  color: str
+  shape: str
+  row: int  # grid cell, 0..2 top to bottom
+  col: int  # 0..2 left to right
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  index: int
+  objects: tuple[Obj, ...]
+  caption: str  # what the pipeline trains on (possibly noisy)
+  true_caption: str  # generated from the objects
+  clean: bool
+
+
+def sample_scene(rng: np.random.Generator) -> tuple[Obj, ...]:
+  n = int(rng.integers(1, 4))
+  cells = rng.permutation(9)[:n]
+  if n > 1 and rng.random() < 0.3:  # a repeated object, for counting captions
+    color, shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
+    return tuple(Obj(color, shape, int(c) // 3, int(c) % 3) for c in cells)
+  return tuple(Obj(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), int(c) // 3, int(c) % 3)
+               for c in cells)
+
+
+def describe(objects: tuple[Obj, ...], rng: np.random.Generator) -> str:
+  """A caption that is true of `objects`."""
+  kinds = {(o.color, o.shape) for o in objects}
+  if len(objects) > 1 and len(kinds) == 1:
+    o = objects[0]
+    return f"{NUMBERS[len(objects)]} {o.color} {o.shape}s"
+  if len(objects) == 1:
+    return f"a {objects[0].color} {objects[0].shape}"
+  a, b = (objects[i] for i in rng.permutation(len(objects))[:2])
+  if a.col != b.col and (a.row == b.row or rng.random() < 0.5):
+    rel = "left of" if a.col < b.col else "right of"
+  else:
+    rel = "above" if a.row < b.row else "below"
+  return f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
+
+
+def render(objects: tuple[Obj, ...], size: int = 96) -> Image.Image:
+  img = Image.new("RGB", (size, size), BACKGROUND)
+  draw = ImageDraw.Draw(img)
+  cell = size / 3
+  for o in objects:
+    x0, y0 = o.col * cell + cell * 0.15, o.row * cell + cell * 0.15
+    x1, y1 = x0 + cell * 0.7, y0 + cell * 0.7
+    fill = COLORS[o.color]
+    if o.shape == "circle":
+      draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif o.shape == "square":
+      draw.rectangle((x0, y0, x1, y1), fill=fill)
+    else:
+      draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+  return img
+
+
+class SyntheticWorld:
+  """Random-access source: len() and [i] -> (PIL image, Example)."""
+
+  def __init__(self, num_examples: int, seed: int = 0, noise: float = 0.0, image_size: int = 96):
+    if not 0.0 <= noise <= 1.0:
+      raise ValueError(f"noise={noise}: must be in [0, 1]")
+    self.num_examples, self.seed, self.noise, self.image_size = num_examples, seed, noise, image_size
+    order = np.random.default_rng([seed, 1]).permutation(num_examples)
+    self._noisy = frozenset(order[: int(round(noise * num_examples))].tolist())
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def example(self, i: int) -> Example:
+    if not 0 <= i < self.num_examples:
+      raise IndexError(f"example {i} outside [0, {self.num_examples})")
+    rng = np.random.default_rng([self.seed, 0, i])
+    objects = sample_scene(rng)
+    true = describe(objects, rng)
+    if i not in self._noisy:
+      return Example(i, objects, true, true, True)
+    nrng = np.random.default_rng([self.seed, 2, i])
+    if nrng.random() < 0.5:  # mismatched: a caption of another scene
+      other = sample_scene(nrng)
+      caption = describe(other, nrng)
+    else:  # corrupted: words shuffled, one dropped
+      words = true.split()
+      words = [words[k] for k in nrng.permutation(len(words))]
+      caption = " ".join(words[:-1] if len(words) > 2 else words)
+    return Example(i, objects, caption, true, False)
+
+  def __getitem__(self, i: int) -> tuple[Image.Image, Example]:
+    ex = self.example(i)
+    return render(ex.objects, self.image_size), ex
