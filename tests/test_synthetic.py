@@ -64,3 +64,49 @@ def test_noise_fraction_is_honoured(noise):
 def test_bad_noise_rejected():
   with pytest.raises(ValueError, match="noise=1.5"):
     SyntheticWorld(10, noise=1.5)
+
+
+def test_vqa_answers_and_nlvr_labels_are_true():
+  world = SyntheticWorld(500, seed=2)
+  for i in range(len(world)):
+    objects = world.example(i).objects
+    for q, a in world.vqa(i):
+      m = re.fullmatch(r"how many (\w+)s are there\?", q)
+      if m:
+        assert a == str(sum(o.shape == m.group(1) for o in objects))
+      m = re.fullmatch(r"is there a (\w+) (\w+)\?", q)
+      if m:
+        assert a == ("yes" if any((o.color, o.shape) == m.groups() for o in objects) else "no")
+      m = re.fullmatch(r"what color is the (\w+)\?", q)
+      if m:
+        (o,) = [o for o in objects if o.shape == m.group(1)]
+        assert a == o.color
+    left, right, sentence, label = world.nlvr(i)
+    lo, ro = world.example(left).objects, world.example(right).objects
+    m = re.fullmatch(r"the (left|right) image contains a (\w+) (\w+)", sentence)
+    if m:
+      objs = lo if m.group(1) == "left" else ro
+      assert label == any((o.color, o.shape) == m.groups()[1:] for o in objs)
+    else:
+      shape = re.fullmatch(r"both images contain a (\w+)", sentence).group(1)
+      assert label == (any(o.shape == shape for o in lo) and any(o.shape == shape for o in ro))
+  labels = [world.nlvr(i)[3] for i in range(len(world))]
+  assert 0.15 < np.mean(labels) < 0.85  # both labels occur
+
+
+def test_writer_produces_blip_json_and_jpegs(tmp_path):
+  import json
+  from PIL import Image
+  from blip_jax.data.write_synthetic import main
+  main(["--out", str(tmp_path), "--num", "30", "--eval", "5", "--noise", "0.2", "--image-size", "48"])
+  ann = lambda name: json.loads((tmp_path / "annotations" / f"{name}.json").read_text())
+  pre = ann("pretrain")
+  assert len(pre) == 30 and sum(not r["clean"] for r in pre) == 6 and set(pre[0]) == {"image", "caption", "clean"}
+  ret = ann("retrieval_train")
+  assert [r["image_id"] for r in ret] == list(range(30))
+  ev = ann("retrieval_eval")
+  assert len(ev) == 5 and isinstance(ev[0]["caption"], list)
+  assert all(set(r) == {"image", "question", "answer", "dataset"} for r in ann("vqa_train"))
+  assert all(len(r["images"]) == 2 and isinstance(r["label"], bool) for r in ann("nlvr_train"))
+  img = Image.open(tmp_path / pre[3]["image"])
+  assert img.size == (48, 48) and img.format == "JPEG"

@@ -2,7 +2,7 @@
 
 Example i is a pure function of (seed, i): 1-3 objects (colour, shape) in distinct cells of a 3x3 grid,
 rendered with PIL, and a caption generated from that metadata ("a red circle left of a blue square",
-"two green triangles", ...). With `noise > 0`, exactly round(noise * N) examples (a seeded permutation)
+"two green triangles", ...), VQA questions about it and NLVR2 statements about two scenes. With `noise > 0`, exactly round(noise * N) examples (a seeded permutation)
 get their caption replaced the way web alt-text is wrong: another scene's caption (mismatched) or a
 word-shuffled / word-dropped one (corrupted). `clean` records which pairs are untouched.
 """
@@ -83,12 +83,16 @@ def render(objects: tuple[Obj, ...], size: int = 96) -> Image.Image:
 class SyntheticWorld:
   """Random-access source: len() and [i] -> (PIL image, Example)."""
 
-  def __init__(self, num_examples: int, seed: int = 0, noise: float = 0.0, image_size: int = 96):
+  def __init__(self, num_examples: int, seed: int = 0, noise: float = 0.0, image_size: int = 96,
+               noisy_prefix: int | None = None):
+    """noisy_prefix: only examples [0, noisy_prefix) can be noisy (held-out tails stay clean);
+    exactly round(noise * noisy_prefix) of them are."""
     if not 0.0 <= noise <= 1.0:
       raise ValueError(f"noise={noise}: must be in [0, 1]")
     self.num_examples, self.seed, self.noise, self.image_size = num_examples, seed, noise, image_size
-    order = np.random.default_rng([seed, 1]).permutation(num_examples)
-    self._noisy = frozenset(order[: int(round(noise * num_examples))].tolist())
+    eligible = num_examples if noisy_prefix is None else min(noisy_prefix, num_examples)
+    order = np.random.default_rng([seed, 1]).permutation(eligible)
+    self._noisy = frozenset(order[: int(round(noise * eligible))].tolist())
 
   def __len__(self) -> int:
     return self.num_examples
@@ -114,3 +118,40 @@ class SyntheticWorld:
   def __getitem__(self, i: int) -> tuple[Image.Image, Example]:
     ex = self.example(i)
     return render(ex.objects, self.image_size), ex
+
+  # ---- VQA and NLVR2 from the same scenes ------------------------------------------------------
+  def vqa(self, i: int) -> list[tuple[str, str]]:
+    """(question, answer) pairs true of example i's scene."""
+    objects = self.example(i).objects
+    rng = np.random.default_rng([self.seed, 3, i])
+    shape = str(rng.choice(SHAPES))
+    color = str(rng.choice(list(COLORS)))
+    n = sum(o.shape == shape for o in objects)
+    qa = [(f"how many {shape}s are there?", str(n)),
+          (f"is there a {color} {shape}?",
+           "yes" if any((o.color, o.shape) == (color, shape) for o in objects) else "no")]
+    unique = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
+    if unique:
+      o = unique[int(rng.integers(len(unique)))]
+      qa.append((f"what color is the {o.shape}?", o.color))
+    return qa
+
+  def nlvr(self, i: int) -> tuple[int, int, str, bool]:
+    """(left index, right index, statement, label) over examples i and a seeded partner."""
+    rng = np.random.default_rng([self.seed, 4, i])
+    j = int(rng.integers(self.num_examples))
+    left, right = self.example(i).objects, self.example(j).objects
+    kind = int(rng.integers(3))
+    # half the statements name an object that is there (so both labels are common), half a random one
+    about = left if kind != 1 else right
+    if rng.random() < 0.5:
+      o = about[int(rng.integers(len(about)))]
+      color, shape = o.color, o.shape
+    else:
+      color, shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
+    has = lambda objs, c=None: any(o.shape == shape and (c is None or o.color == c) for o in objs)
+    if kind == 0:
+      return i, j, f"the left image contains a {color} {shape}", has(left, color)
+    if kind == 1:
+      return i, j, f"the right image contains a {color} {shape}", has(right, color)
+    return i, j, f"both images contain a {shape}", has(left) and has(right)

@@ -1,0 +1,63 @@
+"""Write the synthetic world to disk in BLIP's json formats with a JPEG folder, so the real loaders
+run end to end on it.
+
+  python -m blip_jax.data.write_synthetic --out DIR [--num 2000] [--eval 200] [--noise 0.3] [--seed 0]
+
+DIR/images/NNNNNN.jpg and, in DIR/annotations/:
+  pretrain.json        [{image, caption, clean}]            (noisy captions; `clean` = the record)
+  retrieval_train.json [{image, caption, image_id}]         (true captions)
+  retrieval_eval.json  [{image, caption: [...]}]            (held-out examples)
+  vqa_train.json       [{image, question, answer: [...], dataset: "synthetic"}]
+  nlvr_train.json      [{images: [a, b], sentence, label}]
+Image paths are relative to DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from blip_jax.data.synthetic import SyntheticWorld
+
+
+def write(out: str, num: int, num_eval: int, noise: float, seed: int, image_size: int = 96) -> dict:
+  world = SyntheticWorld(num + num_eval, seed=seed, noise=noise, image_size=image_size, noisy_prefix=num)
+  os.makedirs(os.path.join(out, "images"), exist_ok=True)
+  os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+  ann = {k: [] for k in ("pretrain", "retrieval_train", "retrieval_eval", "vqa_train", "nlvr_train")}
+  for i in range(len(world)):
+    img, ex = world[i]
+    rel = f"images/{i:06d}.jpg"
+    img.save(os.path.join(out, rel), quality=95)
+    if i >= num:  # held out: evaluation only, true captions
+      ann["retrieval_eval"].append({"image": rel, "caption": [ex.true_caption]})
+      continue
+    ann["pretrain"].append({"image": rel, "caption": ex.caption, "clean": ex.clean})
+    ann["retrieval_train"].append({"image": rel, "caption": ex.true_caption, "image_id": i})
+    for q, a in world.vqa(i):
+      ann["vqa_train"].append({"image": rel, "question": q, "answer": [a], "dataset": "synthetic"})
+    left, right, sentence, label = world.nlvr(i)
+    if right < num:
+      ann["nlvr_train"].append({"images": [rel, f"images/{right:06d}.jpg"], "sentence": sentence,
+                                "label": bool(label)})
+  for name, records in ann.items():
+    with open(os.path.join(out, "annotations", f"{name}.json"), "w") as f:
+      json.dump(records, f)
+  return {name: len(records) for name, records in ann.items()}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog="python -m blip_jax.data.write_synthetic", description=__doc__.split("\n\n")[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--num", type=int, default=2000, help="training examples")
+  p.add_argument("--eval", type=int, default=200, help="held-out examples")
+  p.add_argument("--noise", type=float, default=0.3, help="fraction of pretraining captions made wrong")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--image-size", type=int, default=96)
+  a = p.parse_args(argv)
+  counts = write(a.out, a.num, a.eval, a.noise, a.seed, a.image_size)
+  print(f"wrote {a.num + a.eval} images to {a.out}/images; " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+  main()
