@@ -141,12 +141,18 @@ def init_params(config: BlipConfig, rng: jax.Array, batch: int = 1, text_len: in
   return nn.meta.unbox(variables["params"])
 
 
+def boxed_param_shapes(config: BlipConfig, batch: int = 1, text_len: int = 8):
+  """Abstract params still wrapped in their LogicallyPartitioned boxes (no allocation).
+
+  Feed it to an optimizer's init under eval_shape to get boxed optimizer state too."""
+  return jax.eval_shape(lambda r: Blip(config).init({"params": r, "dropout": r},
+                                                    *_dummy_inputs(config, batch, text_len))["params"],
+                        jax.random.key(0))
+
+
 def param_logical_axes(config: BlipConfig, batch: int = 1, text_len: int = 8):
   """Pytree of jax.sharding.PartitionSpec of *logical* axis names, matching init_params."""
-  boxed = jax.eval_shape(lambda r: Blip(config).init({"params": r, "dropout": r},
-                                                     *_dummy_inputs(config, batch, text_len)),
-                         jax.random.key(0))
-  return nn.get_partition_spec(boxed)["params"]
+  return nn.get_partition_spec(boxed_param_shapes(config, batch, text_len))
 
 
 def param_shapes(config: BlipConfig):

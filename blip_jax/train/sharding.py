@@ -12,7 +12,7 @@ import flax.linen as nn
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from blip_jax.models.blip import Blip, _dummy_inputs
+from blip_jax.models.blip import boxed_param_shapes
 from blip_jax.models.config import BlipConfig
 from blip_jax.models.momentum import momentum_view
 
@@ -44,17 +44,15 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules=DEFAULT_RULES,
-                    queue_template=None):
+def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules=DEFAULT_RULES, *,
+                    queue_template):
   """NamedShardings for every leaf of the train state (see pretrain_step.init_state).
 
   Params, their momentum copies and the optimizer moments follow the logical axis names; queues,
-  step and rng are replicated.
+  step and rng are replicated. queue_template: the (abstract) queues of the state, e.g.
+  `jax.eval_shape(init_state, ...)["queues"]`.
   """
-  def boxed_params(rng):
-    return Blip(model).init({"params": rng, "dropout": rng}, *_dummy_inputs(model, 1, 8))["params"]
-
-  boxed = jax.eval_shape(boxed_params, jax.random.key(0))
+  boxed = boxed_param_shapes(model)
   opt = jax.eval_shape(tx.init, boxed)
   logical = nn.get_partition_spec({"params": boxed, "momentum": momentum_view(boxed), "opt_state": opt})
   out = nn.logical_to_mesh_sharding(logical, mesh, list(rules))
