@@ -45,7 +45,7 @@ def test_ema_is_exact_and_precedes_momentum_forward(setup):
 def test_enqueue_writes_momentum_features_of_updated_momentum_at_pointer(setup):
   c, _, _, batch, s0, s1, _ = setup
   m = Blip(c)
-  mv = dict(s1["momentum"], temp=s1["params"]["temp"])
+  mv = s1["momentum"]
   img = m.apply({"params": mv}, batch["images"], method=Blip.encode_image)
   feat_i = m.apply({"params": mv}, img, method=Blip.image_feature)
   feat_t = m.apply({"params": mv}, m.apply({"params": mv}, batch["ids"], batch["mask"], method=Blip.encode_text),

@@ -50,7 +50,9 @@ class Blip(nn.Module):
       self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), name=None, **kw)
     if "itm" in comps:
       self.itm_head = layers.dense(2, ("embed", "classes"), name=None, **kw)
-    if "temp" in comps:
+    # setup() params are created eagerly: declare temp only where it exists, so sub-trees without it
+    # (the momentum copies) apply without a stand-in.
+    if "temp" in comps and (self.is_initializing() or self.has_variable("params", "temp")):
       self.temp = self.param("temp", nn.with_logical_partitioning(
           nn.initializers.constant(c.temp_init), ()), (), jnp.dtype(c.param_dtype))
 

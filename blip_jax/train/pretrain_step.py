@@ -108,11 +108,10 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     images, ids, mask = batch["images"], batch["ids"], batch["mask"]
     idx = batch.get("idx")
     r = lambda i: jax.random.fold_in(rng, i)
-    m_vars = {**momentum, "temp": params["temp"]}  # Blip.setup declares temp; the momentum model has none
-    img_m = apply(m_vars, Blip.encode_image, images, train=True, rng=r(0))
-    image_feat_m = apply(m_vars, Blip.image_feature, img_m)
-    text_feat_m = apply(m_vars, Blip.text_feature,
-                        apply(m_vars, Blip.encode_text, ids, mask, train=True, rng=r(1)))
+    img_m = apply(momentum, Blip.encode_image, images, train=True, rng=r(0))
+    image_feat_m = apply(momentum, Blip.image_feature, img_m)
+    text_feat_m = apply(momentum, Blip.text_feature,
+                        apply(momentum, Blip.encode_text, ids, mask, train=True, rng=r(1)))
     image_feat_m, text_feat_m = jax.lax.stop_gradient((image_feat_m, text_feat_m))
     use_idx = obj.multi_positive
 
