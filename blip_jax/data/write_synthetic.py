@@ -9,7 +9,8 @@ DIR/images/NNNNNN.jpg and, in DIR/annotations/:
   retrieval_eval.json  [{image, caption: [...]}]            (held-out examples)
   vqa_train.json       [{image, question, answer: [...], dataset: "synthetic"}]
   nlvr_train.json      [{images: [a, b], sentence, label}]
-Image paths are relative to DIR.
+Image paths are relative to DIR. Unless --no-tfds, pretrain.json is also written as the array_record
+TFDS dataset DIR/tfds/blip_captions/1.0.0 (read it with TfdsSource(directory=...)).
 """
 from __future__ import annotations
 
@@ -54,9 +55,16 @@ def main(argv=None) -> None:
   p.add_argument("--noise", type=float, default=0.3, help="fraction of pretraining captions made wrong")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--image-size", type=int, default=96)
+  p.add_argument("--no-tfds", action="store_true", help="skip writing the TFDS array_record copy")
   a = p.parse_args(argv)
   counts = write(a.out, a.num, a.eval, a.noise, a.seed, a.image_size)
   print(f"wrote {a.num + a.eval} images to {a.out}/images; " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+  if not a.no_tfds:
+    from blip_jax.data.tfds_source import build_from_json
+
+    path = build_from_json(os.path.join(a.out, "annotations", "pretrain.json"), a.out,
+                           os.path.join(a.out, "tfds"), kind="pretrain")
+    print(f"wrote the TFDS array_record dataset {path}")
 
 
 if __name__ == "__main__":
