@@ -1,9 +1,27 @@
 """BLIP pretraining, ViT-B/16, 14M images (paper section 4 / reference section 5).
 
+  python -m blip_jax.train --config experiments/pretrain_base_14m.py --workdir DIR \
+      --config.data.sources='[...]'  (or edit DATA below to point at your copies)
   python -m blip_jax.aot --config experiments/pretrain_base_14m.py --topology v5p:4x4x4
-  variants: `:cpu` shrinks everything to run on a laptop CPU.
+  variants: `:cpu` shrinks everything (model, batch, queue) and trains on the synthetic world.
 """
 import ml_collections
+
+from experiments import common
+
+# The paper's 14M mixture as BLIP json files (download_coco / VG / CC / SBU annotation jsons from the
+# official repo); weights are proportional to corpus size, so each epoch sees each corpus about once.
+# Any entry may instead be a TFDS source: dict(type="tfds", name="coco_captions", split="train", weight=...).
+ROOT = "/data/blip"
+DATA = [
+    dict(type="json", ann=[f"{ROOT}/coco_karpathy_train.json"], image_root=f"{ROOT}/coco", weight=0.57),
+    dict(type="json", ann=[f"{ROOT}/vg_caption.json"], image_root=f"{ROOT}/vg", weight=0.77),
+    dict(type="json", ann=[f"{ROOT}/cc3m.json"], image_root=f"{ROOT}/cc3m", weight=2.9),
+    dict(type="json", ann=[f"{ROOT}/cc12m.json"], image_root=f"{ROOT}/cc12m", weight=10.0),
+    dict(type="json", ann=[f"{ROOT}/sbu.json"], image_root=f"{ROOT}/sbu", weight=0.86),
+]
+EVAL = [dict(type="json", ann=[f"{ROOT}/coco_karpathy_val_pairs.json"], image_root=f"{ROOT}/coco")]
+BERT_VOCAB = f"{ROOT}/bert-base-uncased-vocab.txt"
 
 
 def get_config(arg: str = ""):
@@ -29,6 +47,9 @@ def get_config(arg: str = ""):
       ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
       ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", None),
       ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None))
+  c.data = common.data(DATA, dict(type="wordpiece", vocab=BERT_VOCAB), scale=(0.2, 1.0))
+  common.run(c, log_every=50, checkpoint_every=2000, eval_every=5000, eval_sources=EVAL, eval_num=5000,
+             eval_batch=256)
   if arg == "cpu":
     c.model.vision = "tiny"
     c.model.image_size = 32
@@ -36,6 +57,12 @@ def get_config(arg: str = ""):
     c.global_batch = 16
     c.num_examples = 1024
     c.optimizer.warmup_steps = 10
+    c.data = common.data((dict(type="synthetic", num=1024, image_size=48),),
+                         dict(type="synthetic", vocab_size=100), scale=(0.5, 1.0))
+    c.data.flip = False  # synthetic captions say left / right
+    c.eval.sources = (dict(type="synthetic", num=128, offset=1024, image_size=48),)
+    c.eval.num, c.eval.batch, c.eval.every = 128, 32, 0
+    c.log_every, c.checkpoint_every = 10, 50
   elif arg:
     raise ValueError(f"unknown variant {arg!r}: use '' or 'cpu'")
   return c

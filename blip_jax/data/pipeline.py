@@ -88,6 +88,8 @@ class Preprocess:
   scale: tuple[float, float] = (0.2, 1.0)
   max_words: int = 30
   prompt: str = ""  # captioning: "a picture of "
+  flip: bool = True  # off where captions say left / right and must stay true (the synthetic demo)
+  randaug: bool = True
   answer_length: int = 8
   max_answers: int = 4
 
@@ -98,7 +100,11 @@ class Preprocess:
   def image(self, img, rng) -> np.ndarray:
     if not self.train:
       return eval_transform(img, self.image_size)
-    return apply_train(img, sample_train(rng, img.height, img.width, self.scale), self.image_size)
+    draw = sample_train(rng, img.height, img.width, self.scale)  # same draws whatever is switched off
+    if not self.flip or not self.randaug:
+      draw = dataclasses.replace(draw, flip=draw.flip and self.flip,
+                                 augments=draw.augments if self.randaug else ())
+    return apply_train(img, draw, self.image_size)
 
   def text(self, text: str) -> tuple[np.ndarray, np.ndarray]:
     ids, mask = self.tokenizer.encode([text], self.text_length)

