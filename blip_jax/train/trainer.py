@@ -106,6 +106,16 @@ def _init_from(path: str, model, state: dict, shardings: dict) -> tuple[dict, li
   return state, list(ckpt.notes)
 
 
+def _export(state: dict, model, directory: str) -> None:
+  """The finished model as a blip_jax checkpoint directory (interop.native): what convert reads."""
+  from blip_jax.interop.checkpoint import Checkpoint
+  from blip_jax.interop.native import save_native
+
+  queues = {k: np.asarray(v) for k, v in state["queues"].items()}
+  save_native(Checkpoint(config=model, params=state["params"], momentum_params=state["momentum"],
+                         queues=queues), directory)
+
+
 def train(cfg, workdir: str) -> dict:
   """Run (or resume) the experiment `cfg` in `workdir`. Returns the last train and eval metrics."""
   maybe_initialize_distributed()
@@ -219,6 +229,9 @@ def train(cfg, workdir: str) -> dict:
           break
     if step == steps:
       last_eval = run_eval(step)
+      _export(state, model, os.path.join(workdir, "model"))
+      writer.text(f"wrote the trained model to {os.path.join(workdir, 'model')} "
+                  "(python -m blip_jax.convert turns it into Salesforce or Hugging Face checkpoints)")
   ckpt.close()
   writer.close()
   return {"train": last_train, "eval": last_eval, "step": step}
