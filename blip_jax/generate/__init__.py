@@ -1,0 +1,1 @@
+"""Captioning and decoding: cached decoder, greedy / beam search / nucleus sampling."""
