@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 
@@ -81,25 +82,16 @@ def validate(cfg) -> None:
 
 def _init_from(path: str, model, state: dict, shardings: dict) -> tuple[dict, list[str]]:
   """Params (and their momentum copies) from a Salesforce / HF / blip_jax checkpoint, pos-embed resized
-  to the model's image size; every missing or mis-shaped key is named."""
+  to the model's image size; a larger task's checkpoint (pretrain) narrows to this task's params."""
   from blip_jax import convert
-  from blip_jax.interop.checkpoint import CheckpointError
+  from blip_jax.interop.narrow import select_params
   from blip_jax.interop.state_dict import with_image_size
   from blip_jax.models.momentum import momentum_view
 
-  ckpt = convert.load(path, convert.infer_src_format(path), None, None, ())
+  fmt = convert.infer_src_format(path)
+  ckpt = convert.load(path, fmt, None if fmt == "blip_jax" else model.task, None, ())
   ckpt = with_image_size(ckpt, model.vision.image_size)
-  want = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-  have = dict((jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_flatten_with_path(ckpt.params)[0])
-  missing = [jax.tree_util.keystr(k) for k, _ in want if jax.tree_util.keystr(k) not in have]
-  mismatched = [f"{jax.tree_util.keystr(k)}: {np.shape(have[jax.tree_util.keystr(k)])} vs {v.shape}"
-                for k, v in want if jax.tree_util.keystr(k) in have
-                and tuple(np.shape(have[jax.tree_util.keystr(k)])) != tuple(v.shape)]
-  if missing or mismatched:
-    raise CheckpointError(path, f"does not fit config.model (task {model.task})", missing=missing,
-                          mismatched=mismatched)
-  leaves = [have[jax.tree_util.keystr(k)] for k, _ in want]
-  params = jax.tree.unflatten(jax.tree.structure(state["params"]), leaves)
+  params = select_params(state["params"], ckpt.params, path, f"config.model (task {model.task})")
   params = jax.device_put(params, shardings["params"])
   state = dict(state, params=params,
                momentum=jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"]))
@@ -114,6 +106,9 @@ def _export(state: dict, model, directory: str) -> None:
   queues = {k: np.asarray(v) for k, v in state["queues"].items()}
   save_native(Checkpoint(config=model, params=state["params"], momentum_params=state["momentum"],
                          queues=queues), directory)
+  tokenizer = os.path.join(os.path.dirname(directory), "tokenizer.model")
+  if os.path.exists(tokenizer):  # the caption CLI finds it here
+    shutil.copy(tokenizer, os.path.join(directory, "tokenizer.model"))
 
 
 def train(cfg, workdir: str) -> dict:

@@ -1,0 +1,1 @@
+"""Evaluators: retrieval (cosine + ITM re-rank, TR/IR@K)."""
