@@ -115,6 +115,7 @@ def main(argv=None):
       while n < 4 * a.images:
         n += len(next(loader)["ids"])
       print(f"  threads={threads} workers={workers}: {n / (time.perf_counter() - t0):.1f}")
+      loader.close()
 
   if not a.skip_step:
     keep_up()

@@ -297,6 +297,12 @@ class Loader:
   def restore(self, state: dict) -> None:
     self.grain_iterator.set_state(state)
 
+  def close(self) -> None:
+    """Stop worker processes and reader threads (they otherwise run until garbage collection)."""
+    close = getattr(self.grain_iterator, "close", None)
+    if close is not None:
+      close()
+
 
 def _absl_flags_parsed() -> None:
   """grain worker processes read absl flags; outside absl.app.run they are unparsed and grain fails

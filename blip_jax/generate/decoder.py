@@ -47,7 +47,9 @@ def step(text_params: dict, cfg: TextConfig, tokens: jax.Array, pos: jax.Array, 
     tokens: (N,) int ids at position pos (pos 0 holds [DEC]).
     pos: scalar int32.
     cache: (K, V) from init_cache (positions < pos filled).
-    cross: (K, V) from cross_kv, rows aligned with tokens.
+    cross: (K, V) from cross_kv over Bi images; the N token rows are grouped by image (N = Bi * G:
+      beams or samples of image i are rows i*G .. i*G+G-1). The G rows of an image attend to its
+      K/V as G query positions, so image K/V are read once per image per step, never copied per beam.
   Returns:
     logits (N, V) float32, new cache.
   """
@@ -57,6 +59,7 @@ def step(text_params: dict, cfg: TextConfig, tokens: jax.Array, pos: jax.Array, 
   x = _ln(emb["LayerNorm"], x[:, None, :], eps)  # (N, 1, D)
   cache_k, cache_v = cache
   t = cache_k.shape[2]
+  n_img = cross[0].shape[1]
   self_bias = jnp.where(jnp.arange(t) <= pos, 0.0, layers.MASK_VALUE)[None, None, None, :]
   sh = lambda a: layers.split_heads(a, cfg.num_heads)
   for i in range(cfg.num_layers):
@@ -69,11 +72,13 @@ def step(text_params: dict, cfg: TextConfig, tokens: jax.Array, pos: jax.Array, 
     ctx = layers.attention(sh(_dense(sa["self"]["query"], x)), cache_k[i], cache_v[i], self_bias)
     x = _ln(sa["output"]["LayerNorm"], _dense(sa["output"]["dense"], layers.merge_heads(ctx)) + x, eps)
     ca = lp["crossattention"]
-    ctx = layers.attention(sh(_dense(ca["self"]["query"], x)), cross[0][i], cross[1][i], None)
+    q = sh(_dense(ca["self"]["query"], x))  # (N, 1, H, Dh) -> (Bi, G, H, Dh)
+    q = q.reshape((n_img, -1) + q.shape[2:])
+    ctx = layers.attention(q, cross[0][i], cross[1][i], None).reshape((x.shape[0], 1) + q.shape[2:])
     x = _ln(ca["output"]["LayerNorm"], _dense(ca["output"]["dense"], layers.merge_heads(ctx)) + x, eps)
     h = layers.gelu(_dense(lp["intermediate"], x))
     x = _ln(lp["output_LayerNorm"], _dense(lp["output"], h) + x, eps)
   c = tp["cls"]
   h = _ln(c["transform_LayerNorm"], layers.gelu(_dense(c["transform_dense"], x)), eps)
-  logits = h[:, 0] @ emb["word_embeddings"]["embedding"].T.astype(h.dtype) + c["bias"]
+  logits = jnp.einsum("nd,vd->nv", h[:, 0], emb["word_embeddings"]["embedding"].astype(h.dtype)) + c["bias"]
   return logits.astype(jnp.float32), (cache_k, cache_v)

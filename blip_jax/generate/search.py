@@ -64,9 +64,8 @@ def sample(params, cfg: TextConfig, image_embeds, rng, prompt=(), *, num_samples
            min_length=0, top_p=0.9, top_k=50, temperature=1.0, repetition_penalty_: float = 1.0):
   """Nucleus sampling: num_samples captions per image -> (B * num_samples, max_length) rows grouped by
   image. The kept set is the smallest top-probability set with mass >= top_p, within the top_k."""
-  image_embeds = jnp.repeat(image_embeds, num_samples, axis=0)
   return _sample_loop(params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), rng, max_length, min_length,
-                      repetition_penalty_, (top_p, top_k, temperature))
+                      repetition_penalty_, (top_p, top_k, temperature), group=num_samples)
 
 
 def nucleus_filter(logits, top_p: float, top_k: int, temperature: float):
@@ -86,9 +85,9 @@ def nucleus_filter(logits, top_p: float, top_k: int, temperature: float):
   return logits
 
 
-def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length, penalty, nucleus):
+def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length, penalty, nucleus, group=1):
   tp = params["text"]
-  n = image_embeds.shape[0]
+  n = image_embeds.shape[0] * group  # rows grouped by image
   prefix = _prefix(cfg, prompt, n)
   p_len = prefix.shape[1]
   if max_length <= p_len:
@@ -135,9 +134,7 @@ def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3
   eos, vocab = cfg.sep_token_id, cfg.vocab_size
   fill = cfg.pad_token_id or eos  # what HF pre-fills its sequences with
   seq = jnp.full((b * k, max_length), fill, jnp.int32).at[:, :p_len].set(prefix)
-  # image K/V once per image, then one copy per beam (rows grouped by image)
-  cross = decoder.cross_kv(tp, cfg, image_embeds)
-  cross = tuple(jnp.repeat(c, k, axis=1) for c in cross)
+  cross = decoder.cross_kv(tp, cfg, image_embeds)  # once per image; beam rows are grouped by image
   cache = _prefill(tp, cfg, seq, p_len, decoder.init_cache(cfg, b * k, max_length, cross[0].dtype), cross)
   seq = seq.reshape(b, k, max_length)
   gather = lambda x, idx: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
