@@ -94,7 +94,7 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
     raise ValueError(f"max_length={max_length} leaves no room after the {p_len} prompt tokens")
   seq = jnp.full((n, max_length), cfg.pad_token_id, jnp.int32).at[:, :p_len].set(prefix)
   cross = decoder.cross_kv(tp, cfg, image_embeds)
-  cache = _prefill(tp, cfg, seq, p_len, decoder.init_cache(cfg, n, max_length, cross[0].dtype), cross)
+  cache = _prefill(tp, cfg, seq, p_len, decoder.init_cache(cfg, n, max_length, cross[0][0].dtype), cross)
   eos = cfg.sep_token_id
 
   def cond(s):
@@ -135,7 +135,7 @@ def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3
   fill = cfg.pad_token_id or eos  # what HF pre-fills its sequences with
   seq = jnp.full((b * k, max_length), fill, jnp.int32).at[:, :p_len].set(prefix)
   cross = decoder.cross_kv(tp, cfg, image_embeds)  # once per image; beam rows are grouped by image
-  cache = _prefill(tp, cfg, seq, p_len, decoder.init_cache(cfg, b * k, max_length, cross[0].dtype), cross)
+  cache = _prefill(tp, cfg, seq, p_len, decoder.init_cache(cfg, b * k, max_length, cross[0][0].dtype), cross)
   seq = seq.reshape(b, k, max_length)
   gather = lambda x, idx: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
   top_mask = jnp.arange(2 * k) < k
