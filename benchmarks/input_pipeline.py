@@ -10,7 +10,6 @@ Images are COCO-sized JPEGs (500 x 375 by default) rendered from the synthetic w
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 import time

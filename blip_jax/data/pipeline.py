@@ -12,7 +12,6 @@ worker batches its own slice of the element stream, so `workers=0` and `workers=
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Sequence
 
 import grain
@@ -319,7 +318,3 @@ def global_batch(batch: dict, sharding) -> dict:
 
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
-
-def log_skips(loader: Loader) -> None:
-  if loader.skipped:
-    logging.warning("input: %d of %d examples skipped so far", loader.skipped, loader.seen)

@@ -9,7 +9,6 @@ the previous one were checked, so the last checkpoint on disk is always a good o
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
