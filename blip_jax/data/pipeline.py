@@ -172,12 +172,12 @@ class _Load:
     try:
       record = self.sources[k][i]
       return self.preprocess(record, i, example_rng(self.seed + k, i, epoch))
-    except BadExample as e:
+    except BadExample as e:  # unusable input (unreadable image, ...): counted and skipped
       return _Bad(str(e))
     except DataError:
       raise
-    except (OSError, ValueError) as e:  # e.g. a decodable image that an augmentation cannot handle
-      return _Bad(f"source {k} example {i}: {type(e).__name__}: {e}")
+    except Exception as e:  # anything else is a bug or a misconfiguration: stop, saying where
+      raise DataError(f"source {k} example {i} (epoch {epoch}): {type(e).__name__}: {e}") from e
 
 
 class _SkipBadIterator(grain.DatasetIterator):

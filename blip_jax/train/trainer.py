@@ -28,6 +28,9 @@ from blip_jax.train.metrics_writer import MetricWriter, format_eta
 from blip_jax.train.pretrain_step import init_state, make_train_step
 
 
+LOSSES = ("loss", "loss_itc", "loss_itm", "loss_lm")
+
+
 class NonFiniteLoss(RuntimeError):
   """Raised when a training loss becomes NaN or infinite."""
 
@@ -121,6 +124,7 @@ def train(cfg, workdir: str) -> dict:
   mesh_shape = build.mesh_shape(cfg, jax.device_count())
   obj = build.objective(cfg, mesh_shape)
   tx = build.optimizer(cfg)
+  lr_fn = build.learning_rate(cfg)  # the schedule inside tx, for logging
   rules = build.sharding_rules(cfg)
   steps = total_steps(cfg)
   if is_main:
@@ -168,9 +172,8 @@ def train(cfg, workdir: str) -> dict:
     eval_fn = jax.jit(zero_shot.make_eval_fn(model))
     eval_data = zero_shot.collect(input_lib.eval_loader(cfg, tok, model.vision.image_size), cfg.eval.num)
 
-    def run_eval(step):
-      with jax.set_mesh(mesh):
-        m = zero_shot.evaluate(eval_fn, state["params"], eval_data, cfg.eval.batch)
+    def run_eval(step):  # always called inside the mesh context above
+      m = zero_shot.evaluate(eval_fn, state["params"], eval_data, cfg.eval.batch)
       writer.write(step, m, "eval")
       return m
 
@@ -197,15 +200,14 @@ def train(cfg, workdir: str) -> dict:
           continue
         host = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, host):
-          if not all(math.isfinite(float(m[k])) for k in ("loss", "loss_itc", "loss_itm", "loss_lm")):
-            raise NonFiniteLoss(f"non-finite loss at step {s}: " + ", ".join(
-                f"{k}={float(m[k])}" for k in ("loss", "loss_itc", "loss_itm", "loss_lm")) +
+          if not all(math.isfinite(float(m[k])) for k in LOSSES):
+            raise NonFiniteLoss(f"non-finite loss at step {s}: " + ", ".join(f"{k}={float(m[k])}" for k in LOSSES) +
                 f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact.")
         pending = []
         if step % cfg.log_every == 0 or step == steps:
           dt = (time.time() - t_window) / n_window
           m = {k: float(v) for k, v in host[-1].items()}
-          m.update(lr=float(build.learning_rate(cfg)(step - 1)), seconds_per_step=dt,
+          m.update(lr=float(lr_fn(step - 1)), seconds_per_step=dt,
                    pairs_per_second=cfg.global_batch / dt,
                    tflops_per_device=step_flops / dt / jax.device_count() / 1e12)
           if peak:
