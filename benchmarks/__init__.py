@@ -1,0 +1,1 @@
+"""Speed comparisons against the reference implementations, run as `python -m benchmarks.<name>`."""

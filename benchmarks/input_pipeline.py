@@ -17,7 +17,9 @@ import time
 import numpy as np
 from PIL import Image, ImageOps
 
-from blip_jax.data.pipeline import Loader, LoaderConfig, Preprocess, make_source
+from blip_jax.data.loader import Loader, LoaderConfig
+from blip_jax.data.preprocess import Preprocess
+from blip_jax.data.sources import make_source
 from blip_jax.data.sources import load_image
 from blip_jax.data.synthetic import SyntheticWorld
 from blip_jax.data.transforms import MEAN, STD, example_rng, sample_train
@@ -74,7 +76,7 @@ def main(argv=None):
   ap.add_argument("--skip-step", action="store_true", help="skip the demo train-step comparison")
   a = ap.parse_args(argv)
   from blip_jax.data.tokenizer import train_sentencepiece
-  from blip_jax.train.input import synthetic_corpus
+  from blip_jax.train.inputs import synthetic_corpus
 
   with tempfile.TemporaryDirectory() as tmp:
     paths = write_jpegs(tmp, a.images, a.source_px)
@@ -124,16 +126,16 @@ def keep_up():
   """The demo config's loader vs its compiled train step, measured one after the other."""
   import jax
   from experiments import demo
-  from blip_jax.train import build, input as input_lib
+  from blip_jax.train import build, inputs
   from blip_jax.train.pretrain_step import init_state, make_train_step
 
   cfg = demo.get_config()
   with tempfile.TemporaryDirectory() as tmp:
-    tok = input_lib.tokenizer(cfg, tmp, write=False)
-  model = build.model_config(cfg, tok)
-  obj = build.objective(cfg, (1, 1, 1))
-  tx = build.optimizer(cfg)
-  loader = input_lib.train_loader(cfg, tok, model.vision.image_size, 0, 1)
+    tok = inputs.tokenizer(cfg, tmp, write=False)
+  cfg.mesh = (1, 1, 1)
+  exp = build.experiment(cfg, 1, tokenizer=tok)
+  model, obj, tx = exp.model, exp.objective, exp.optimizer
+  loader = inputs.train_loader(cfg, tok, model.vision.image_size, 0, 1)
   batches = [next(loader) for _ in range(3)]
   t0 = time.perf_counter()
   for _ in range(20):

@@ -1,7 +1,7 @@
 """Pretraining step throughput: blip_jax vs a PyTorch eager reference of the same three-loss step
 (benchmarks/torch_reference.py, built from transformers' BLIP modules), same config, same run.
 
-  python benchmarks/pretrain_step.py [--configs tiny,vit_b] [--batch 4] [--steps 3] [--threads 2]
+  python -m benchmarks.pretrain_step [--configs tiny,vit_b] [--batch 4] [--steps 3] [--threads 2]
 
 Prints pairs/s, achieved GFLOP/s (analytic matmul FLOPs of the step as run, blip_jax/train/flops.py,
 for both sides: they do the same work) and that as a fraction of the float32 matmul peak measured in
@@ -12,11 +12,7 @@ fastest. Run it alone: the CPU is shared with anything else running.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse():
@@ -128,7 +124,7 @@ def main():
     elif name == "vit_b":
       c, b, queue = BlipConfig(task="pretrain"), ARGS.batch, 57600
     else:
-      raise SystemExit(f"unknown config {name}")
+      raise ValueError(f"--configs: unknown config {name!r} (tiny, vit_b)")
     ours_flops = pretrain_step_flops(c, b, ARGS.text_length, queue)
     torch_flops = pretrain_step_flops(c, b, ARGS.text_length, queue, shared_itm_kv=False)
     print(f"\n== {name}: batch {b}, text {ARGS.text_length}, queue {queue}, {ARGS.threads} threads; "

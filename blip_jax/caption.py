@@ -7,47 +7,27 @@ image-grounded decoder: caption or pretrain).
 
 Prints one line per caption: `IMAGE<TAB>caption`. The tokenizer is found next to the checkpoint
 (vocab.txt or tokenizer.model, also one directory up, where the trainer writes it) unless given.
+Any checkpoint with the decoder works: caption, or pretrain narrowed to its decoder (`interop.load`).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from blip_jax import interop
 from blip_jax.data.sources import BadExample, load_image
 from blip_jax.data.transforms import eval_transform
 
 
-def find_tokenizer(checkpoint: str, explicit: str | None):
-  from blip_jax.data.tokenizer import SentencePieceTokenizer, WordPieceTokenizer
-
-  candidates = [explicit] if explicit else [
-      os.path.join(d, n) for d in (checkpoint, os.path.dirname(os.path.abspath(checkpoint)))
-      for n in ("vocab.txt", "tokenizer.model")]
-  for path in candidates:
-    if path and os.path.isfile(path):
-      return SentencePieceTokenizer(path) if path.endswith(".model") else WordPieceTokenizer(path)
-  raise FileNotFoundError(f"no tokenizer: looked for {candidates}; pass --tokenizer (a bert-base-uncased "
-                          "vocab.txt for the official checkpoints)")
-
-
-def load_caption_model(path: str):
-  """(BlipConfig for task caption, params) from any checkpoint that has the decoder."""
-  from blip_jax import convert
-  from blip_jax.interop.checkpoint import CheckpointError
-  from blip_jax.interop.narrow import select_params
-  from blip_jax.models.blip import param_shapes
-
-  fmt = convert.infer_src_format(path)
-  ckpt = convert.load(path, fmt, None if fmt == "blip_jax" else "caption", None, ())
-  if ckpt.config.task not in ("caption", "pretrain"):
-    raise CheckpointError(path, f"task {ckpt.config.task!r} has no image-grounded decoder (need caption or pretrain)")
-  config = ckpt.config.replace(task="caption")  # pretrain -> caption: the decoder's tensors are shared
-  return config, select_params(param_shapes(config), ckpt.params, path, "a caption model")
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
 
 
 def main(argv=None) -> int:
@@ -56,26 +36,27 @@ def main(argv=None) -> int:
   p.add_argument("--checkpoint", required=True)
   p.add_argument("--tokenizer")
   p.add_argument("--prompt", default="a picture of ")
-  p.add_argument("--beams", type=int, default=3)
-  p.add_argument("--max-length", type=int, default=20, help="counts [DEC] and the prompt (official)")
+  p.add_argument("--beams", type=_positive, default=3, help="1: greedy")
+  p.add_argument("--max-length", type=_positive, default=20, help="counts [DEC] and the prompt (official)")
   p.add_argument("--min-length", type=int, default=5)
   p.add_argument("--repetition-penalty", type=float, default=1.0)
   p.add_argument("--sample", action="store_true", help="nucleus sampling instead of beam search")
   p.add_argument("--top-p", type=float, default=0.9)
   p.add_argument("--top-k", type=int, default=50)
   p.add_argument("--temperature", type=float, default=1.0)
-  p.add_argument("--num-samples", type=int, default=1)
+  p.add_argument("--num-samples", type=_positive, default=1)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--batch", type=_positive, default=16)
   a = p.parse_args(argv)
   from blip_jax.generate.search import generate
   from blip_jax.models import Blip
 
-  config, params = load_caption_model(a.checkpoint)
-  tok = find_tokenizer(a.checkpoint, a.tokenizer)
-  if tok.vocab_size != config.text.vocab_size:
-    print(f"error: tokenizer has {tok.vocab_size} tokens, the checkpoint {config.text.vocab_size}", file=sys.stderr)
+  try:
+    ckpt = interop.load(a.checkpoint, task="caption", tokenizer=a.tokenizer, need_tokenizer=True)
+  except (interop.CheckpointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
+  config, params, tok = ckpt.config, ckpt.params, ckpt.tokenizer
   prompt = jnp.asarray(tok.tokenize_ids(a.prompt), jnp.int32) if a.prompt else jnp.zeros((0,), jnp.int32)
   if 1 + len(prompt) >= a.max_length:
     print(f"error: --max-length {a.max_length} leaves no room after [DEC] + the {len(prompt)} prompt tokens "
@@ -84,10 +65,10 @@ def main(argv=None) -> int:
   if a.sample:
     method = "sample"
     opts = dict(max_length=a.max_length, min_length=a.min_length, top_p=a.top_p, top_k=a.top_k,
-                temperature=a.temperature, num_samples=a.num_samples, repetition_penalty_=a.repetition_penalty)
+                temperature=a.temperature, num_samples=a.num_samples, repetition_penalty=a.repetition_penalty)
   else:
     method = "beam" if a.beams > 1 else "greedy"
-    opts = dict(max_length=a.max_length, min_length=a.min_length, repetition_penalty_=a.repetition_penalty)
+    opts = dict(max_length=a.max_length, min_length=a.min_length, repetition_penalty=a.repetition_penalty)
     if a.beams > 1:
       opts["num_beams"] = a.beams
   encode = jax.jit(lambda prm, x: Blip(config).apply({"params": prm}, x, method=Blip.encode_image))
@@ -117,5 +98,10 @@ def main(argv=None) -> int:
   return status
 
 
-if __name__ == "__main__":
+def run():
+  """Console entry point."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

@@ -11,59 +11,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from blip_jax.interop import hf, native, salesforce
-from blip_jax.interop.checkpoint import Checkpoint, CheckpointError
-from blip_jax.interop.state_dict import IGNORABLE, with_image_size
+from blip_jax import interop
+from blip_jax.interop.checkpoint import CheckpointError
+from blip_jax.interop.state_dict import IGNORABLE
 from blip_jax.models import param_count
 from blip_jax.models.config import BlipConfig, TASKS
 
-FORMATS = ("salesforce", "hf", "blip_jax")
 
-
-def infer_src_format(path: str) -> str:
-  if os.path.isdir(path):
-    if native.is_native(path):
-      return "blip_jax"
-    if os.path.exists(os.path.join(path, "config.json")):
-      return "hf"
-  elif path.endswith(".safetensors"):
-    return "hf"
-  elif path.endswith((".pth", ".pt", ".bin")):
-    return "salesforce"
-  raise SystemExit(f"{path}: cannot tell the format; pass --src-format {{{','.join(FORMATS)}}}")
-
-
-def infer_dst_format(path: str) -> str:
+def dst_format(path: str) -> str:
+  """A .pth/.pt destination is Salesforce; anything else a blip_jax directory."""
   return "salesforce" if path.endswith((".pth", ".pt")) else "blip_jax"
-
-
-def load(src: str, fmt: str, task: str | None, config: BlipConfig | None, ignore) -> Checkpoint:
-  if fmt == "blip_jax":
-    ckpt = native.load_native(src)
-    if task and task != ckpt.config.task:
-      raise CheckpointError(src, f"is a {ckpt.config.task!r} checkpoint, not {task!r}")
-    return ckpt
-  if fmt == "hf":
-    return hf.load_hf(src, task, config, ignore)
-  if task is None:
-    raise SystemExit("--task is required for a Salesforce checkpoint")
-  return salesforce.load_salesforce(src, task, config, ignore)
-
-
-def save(ckpt: Checkpoint, dst: str, fmt: str) -> None:
-  {"blip_jax": native.save_native, "hf": hf.save_hf, "salesforce": salesforce.save_salesforce}[fmt](ckpt, dst)
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m blip_jax.convert", description=__doc__.split("\n\n")[0])
   p.add_argument("src")
   p.add_argument("dst")
-  p.add_argument("--task", choices=sorted(TASKS), help="model type (required for Salesforce sources)")
-  p.add_argument("--src-format", choices=FORMATS)
-  p.add_argument("--dst-format", choices=FORMATS)
+  p.add_argument("--task", choices=sorted(TASKS), help="the model to write; a larger checkpoint (pretrain) "
+                 "narrows to it, e.g. --task caption for a Hugging Face export (default: the source's own)")
+  p.add_argument("--src-format", choices=interop.FORMATS)
+  p.add_argument("--dst-format", choices=interop.FORMATS)
   p.add_argument("--config", help="JSON file of a BlipConfig (sizes are otherwise read off the shapes, "
                  "heads = width / 64)")
   p.add_argument("--image-size", type=int, help="resize pos_embed to this image size (PyTorch bicubic)")
@@ -73,28 +42,38 @@ def main(argv=None) -> int:
   p.add_argument("--param-count", action="store_true", help="print the parameter-count report")
   args = p.parse_args(argv)
 
-  src_fmt = args.src_format or infer_src_format(args.src)
-  dst_fmt = args.dst_format or infer_dst_format(args.dst)
-  config = None
-  if args.config:
-    with open(args.config) as f:
-      d = json.load(f)
-    config = BlipConfig.from_dict(d.get("config", d))
+  dst_fmt = args.dst_format or dst_format(args.dst)
   try:
-    ckpt = load(args.src, src_fmt, args.task, config, args.ignore)
-    if args.image_size and args.image_size != ckpt.config.vision.image_size:
-      ckpt = with_image_size(ckpt, args.image_size)
-  except CheckpointError as e:
+    config = None
+    if args.config:
+      config = _read_config(args.config)
+    ckpt = interop.load(args.src, args.task, args.image_size, fmt=args.src_format, config=config,
+                        ignore=args.ignore)
+    for note in ckpt.notes:
+      print(f"note: {note}")
+    if args.param_count:
+      print(param_count.report(ckpt.params, ckpt.momentum_params))
+    interop.save(ckpt, args.dst, dst_fmt, interop.tokenizer_file(args.src) if dst_fmt == "blip_jax" else None)
+  except (CheckpointError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  for note in ckpt.notes:
-    print(f"note: {note}")
-  if args.param_count:
-    print(param_count.report(ckpt.params, ckpt.momentum_params))
-  save(ckpt, args.dst, dst_fmt)
   print(f"wrote {dst_fmt} {ckpt.config.task!r} checkpoint to {args.dst}")
   return 0
 
 
-if __name__ == "__main__":
+def _read_config(path: str) -> BlipConfig:
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(path, f"malformed json at line {e.lineno}: {e.msg}") from None
+  return BlipConfig.from_dict(d.get("config", d))
+
+
+def run():
+  """Console entry point."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

@@ -2,10 +2,23 @@
 defaults. An experiment file overrides what differs."""
 import ml_collections
 
+# Logical axis (blip_jax/models/layers.py) -> mesh axes (data, fsdp, tensor); flax lm1b style, the
+# only copy of the table. The batch is split over (data, fsdp); params over fsdp along "embed" and
+# over tensor along head / MLP widths. "vocab" stays unsharded: 30524 is not divisible by 8, and
+# sharding it over "tensor" on a (2,2,2) CPU mesh gave word-embedding gradients off by ~0.08 from
+# one device (gather/scatter partitioning), while every other rule agrees to float32 rounding. The
+# table is still split over fsdp through "embed".
+SHARDING_RULES = (
+    ("batch", ("data", "fsdp")), ("length", None),
+    ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
+    ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", None),
+    ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None),
+)
+
 
 def data(sources, tokenizer, scale=(0.2, 1.0)):
-  """config.data: sources (see blip_jax.data.pipeline.make_source; each may carry "weight"), tokenizer
-  (see blip_jax.train.input), loader settings and augmentation (reference section 6)."""
+  """config.data: sources (see blip_jax.data.sources.make_source; each may carry "weight"), tokenizer
+  (see blip_jax.train.inputs), loader settings and augmentation (reference section 6)."""
   return ml_collections.ConfigDict(dict(
       sources=tuple(sources), tokenizer=dict(tokenizer),
       workers=0,  # grain worker processes per host; 0 = reader threads in the training process

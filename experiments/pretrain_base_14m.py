@@ -41,12 +41,7 @@ def get_config(arg: str = ""):
       schedule="pretrain", peak_lr=3e-4, warmup_steps=3000, warmup_lr=1e-6, decay_rate=0.9, min_lr=1e-6,
       weight_decay=0.05, decay_mode="all", clip_norm=0.0))
   c.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
-  # logical axis -> mesh axes (flax lm1b style); see blip_jax/models/layers.py for the names
-  c.sharding_rules = (
-      ("batch", ("data", "fsdp")), ("length", None),
-      ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
-      ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", None),
-      ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None))
+  c.sharding_rules = common.SHARDING_RULES  # logical axis -> mesh axes (flax lm1b style)
   c.data = common.data(DATA, dict(type="wordpiece", vocab=BERT_VOCAB), scale=(0.2, 1.0))
   common.run(c, log_every=50, checkpoint_every=2000, eval_every=5000, eval_sources=EVAL, eval_num=5000,
              eval_batch=256)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import optax
 
 from blip_jax.models import BlipConfig, TextConfig, VisionConfig
+from blip_jax.train import chips
 from blip_jax.train import flops as F
 from blip_jax.train.optimizer import make_optimizer
 from blip_jax.train.pretrain_step import Objective, init_state, make_train_step
@@ -34,5 +35,5 @@ def test_step_flops_match_xla_cost_analysis():
 
 
 def test_device_peaks():
-  assert F.device_peak("TPU v5") == 459e12 and F.device_peak("TPU v5 lite") == 197e12
-  assert F.device_peak("cpu") is None and F.device_hbm("TPU v5") == 95 << 30
+  assert chips.device_peak("TPU v5") == 459e12 and chips.device_peak("TPU v5 lite") == 197e12
+  assert chips.device_peak("cpu") is None and chips.device_hbm("TPU v5") == 95 << 30

@@ -51,7 +51,7 @@ def test_token_ids_equal_transformers_generate(caption, prompt, penalty, method)
   if method == "beam":
     kw["num_beams"] = 3
   want = _hf(model, images, prompt, **kw)
-  opts = dict(max_length=20, min_length=5, repetition_penalty_=penalty)
+  opts = dict(max_length=20, min_length=5, repetition_penalty=penalty)
   if method == "beam":
     opts["num_beams"] = 3
   ids, lengths = generate(ckpt.params, c.text, img, jnp.asarray(prompt, jnp.int32), method=method,

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from blip_jax.data.pipeline import (Loader, LoaderConfig, Preprocess, element_stream, global_batch,
-                                    make_source)
+from blip_jax.data.loader import Loader, LoaderConfig, element_stream, to_global_arrays
+from blip_jax.data.preprocess import Preprocess
+from blip_jax.data.sources import make_source
 from blip_jax.data.sources import DataError, load_image
 from blip_jax.data.text import pre_caption, pre_question
 from blip_jax.data.tokenizer import train_sentencepiece
@@ -194,7 +195,7 @@ def test_skip_threshold_stops_the_pipeline(world, tok, tmp_path):
 def test_global_batch_is_sharded(world, tok, devices):
   mesh = make_mesh((4, 2, 1))
   batch = next(_loader([_json(world, "pretrain", "pretrain")], "pretrain", tok, batch=8))
-  arrays = global_batch(batch, batch_sharding(mesh))
+  arrays = to_global_arrays(batch, batch_sharding(mesh))
   assert arrays["images"].shape == (8, SIZE, SIZE, 3)
   assert len(arrays["images"].addressable_shards) == 8
   assert arrays["images"].addressable_shards[0].data.shape == (1, SIZE, SIZE, 3)

@@ -10,7 +10,7 @@ import pytest
 from blip_jax.models import Blip, tiny
 from blip_jax.models.momentum import momentum_view
 from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
-from blip_jax.train.pretrain_step import Objective, init_state, make_train_step, validate
+from blip_jax.train.pretrain_step import Objective, init_state, make_train_step
 
 B, Q = 8, 24
 
@@ -74,11 +74,23 @@ def test_losses_reported_and_alpha_ramps(setup):
   assert float(metrics["alpha"]) == 0.0  # step 0 of the ramp
 
 
+def _smoke(**overrides):
+  from experiments import demo
+  cfg = demo.get_config("smoke")
+  for key, value in overrides.items():
+    node = cfg
+    for part in key.split(".")[:-1]:
+      node = node[part]
+    node[key.split(".")[-1]] = value
+  return cfg
+
+
 def test_queue_not_multiple_of_global_batch_rejected_before_compiling():
+  from blip_jax.train import build
   with pytest.raises(ValueError, match=r"config.queue_size=20 is not a multiple of the global batch 8"):
-    validate(tiny("pretrain"), Objective(queue_size=20), 8)
-  with pytest.raises(ValueError, match="config.negative_groups"):
-    validate(tiny("pretrain"), Objective(queue_size=24, negative_groups=5), 8)
+    build.experiment(_smoke(**{"objective.queue_size": 20}), 8)
+  with pytest.raises(ValueError, match=r"\(micro\)batch 4 is not divisible by config.negative_groups=8"):
+    build.experiment(_smoke(accum_steps=2), 8)
 
 
 def test_schedules():
@@ -142,5 +154,6 @@ def test_gradient_accumulation_of_identical_microbatches_equals_one_step():
   assert int(acc["queues"]["ptr"]) == 4 and int(one["queues"]["ptr"]) == 2
   np.testing.assert_allclose(acc["queues"]["image"][2:4], acc["queues"]["image"][:2], atol=1e-6)
   np.testing.assert_allclose(acc["queues"]["image"][:2], one["queues"]["image"][:2], atol=1e-6)
+  from blip_jax.train import build
   with pytest.raises(ValueError, match="config.accum_steps=3"):
-    validate(c, obj, 8, accum_steps=3)
+    build.experiment(_smoke(accum_steps=3), 8)

@@ -10,8 +10,8 @@ from blip_jax.interop import Checkpoint, export_state_dict, import_state_dict
 from blip_jax.models import BlipConfig, param_shapes, vit_b16
 from blip_jax.models.momentum import momentum_view
 
-REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                   "salesforce_state_dict_keys.txt")
+# Facts about the official checkpoints (every key and shape), vendored from the official models.
+REF = os.path.join(os.path.dirname(__file__), "reference", "salesforce_state_dict_keys.txt")
 # reference section title -> (our task, image size)
 SECTIONS = {"BLIP_Decoder": ("caption", 384), "BLIP_ITM": ("itm", 384), "BLIP_VQA": ("vqa", 480),
             "BLIP_Retrieval": ("retrieval", 384), "BLIP_Pretrain": ("pretrain", 224)}

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from blip_jax.models import tiny
 from blip_jax.train import sharding as S
+from experiments.common import SHARDING_RULES
 from blip_jax.train.optimizer import make_optimizer, pretrain_schedule
 from blip_jax.train.pretrain_step import Objective, init_state, make_train_step
 
@@ -28,9 +29,9 @@ def _batch():
 def _run(shape):
   mesh = S.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
   queues = jax.eval_shape(lambda: init_state(CONFIG, OBJ, TX, jax.random.key(0))["queues"])
-  sh = S.state_shardings(CONFIG, TX, mesh, queue_template=queues)
+  sh = S.state_shardings(CONFIG, TX, mesh, SHARDING_RULES, queue_template=queues)
   bsh = S.batch_sharding(mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(S.DEFAULT_RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(SHARDING_RULES):
     state = jax.jit(lambda r: init_state(CONFIG, OBJ, TX, r), out_shardings=sh)(jax.random.key(0))
     born = state["params"]["text"]["layer_0"]["intermediate"]["kernel"].sharding
     step = jax.jit(make_train_step(CONFIG, OBJ, TX), in_shardings=(sh, bsh), out_shardings=(sh, None),
@@ -108,5 +109,7 @@ def test_key_bias_gradient_is_numerically_zero():
 
 
 def test_mesh_needs_matching_device_count(devices):
+  import ml_collections
+  from blip_jax.train import build
   with pytest.raises(ValueError, match=r"config.mesh=\(2, 2, 3\) needs 12 devices, 8 available"):
-    S.make_mesh((2, 2, 3))
+    build.mesh_shape(ml_collections.ConfigDict(dict(mesh=(2, 2, 3))), len(devices))

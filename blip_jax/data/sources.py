@@ -6,26 +6,28 @@ Formats (reference section 7):
   nlvr       {images: [a, b], sentence, label}
 Malformed json fails with the file and line; a malformed record fails with the file and record index,
 or, with skip_bad_records=True, is dropped and counted (`skipped_records`). Images are read lazily by
-`load_image`, whose failures raise BadExample naming the file; `SkipCounter` turns those into counted
-skips with a threshold.
+`load_image`, whose failures raise BadExample naming the file; the loader (data.loader) counts and
+skips those, with a threshold.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import threading
 from typing import Any, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-REQUIRED = {
+# The record formats (their required keys); `TASK_FORMAT` says which one each model task trains on.
+RECORD_FORMATS = {
     "pretrain": {"image": str, "caption": str},
     "retrieval": {"image": str, "caption": str, "image_id": (int, str)},
     "eval": {"image": str, "caption": list},
     "vqa": {"image": str, "question": str},
     "nlvr": {"images": list, "sentence": str, "label": (bool, int, str)},
 }
+TASK_FORMAT = {"pretrain": "pretrain", "retrieval": "retrieval", "itm": "retrieval", "caption": "retrieval",
+               "vqa": "vqa", "nlvr": "nlvr"}
 
 
 class DataError(ValueError):
@@ -38,8 +40,8 @@ class BadExample(DataError):
 
 def load_annotations(path: str, kind: str, skip_bad_records: bool = False) -> tuple[list[dict], int]:
   """Records of one annotation file, validated for `kind`. Returns (records, number skipped)."""
-  if kind not in REQUIRED:
-    raise ValueError(f"kind={kind!r}: must be one of {sorted(REQUIRED)}")
+  if kind not in RECORD_FORMATS:
+    raise ValueError(f"kind={kind!r}: must be one of {sorted(RECORD_FORMATS)}")
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
@@ -51,7 +53,7 @@ def load_annotations(path: str, kind: str, skip_bad_records: bool = False) -> tu
     raise DataError(f"{path}: expected a json list of records, found {type(data).__name__}")
   records, skipped = [], 0
   for i, rec in enumerate(data):
-    problem = _check(rec, REQUIRED[kind])
+    problem = _check(rec, RECORD_FORMATS[kind])
     if problem:
       if not skip_bad_records:
         raise DataError(f"{path}: record {i}: {problem}")
@@ -112,27 +114,47 @@ class JsonSource:
     return out
 
 
-class SkipCounter:
-  """Counts skipped examples by reason; raises once the skipped fraction of those seen passes
-  `max_fraction` (after `min_seen` examples, so one early failure does not stop a run)."""
+class SyntheticSource:
+  """The synthetic world as BLIP records: caption (possibly noisy), image_id, clean."""
 
-  def __init__(self, max_fraction: float = 0.01, min_seen: int = 100):
-    self.max_fraction, self.min_seen = max_fraction, min_seen
-    self.seen = self.skipped = 0
-    self.examples: list[str] = []
-    self._lock = threading.Lock()
+  def __init__(self, num: int, seed: int = 0, noise: float = 0.0, image_size: int = 96,
+               offset: int = 0):
+    from blip_jax.data.synthetic import SyntheticWorld
 
-  def ok(self) -> None:
-    with self._lock:
-      self.seen += 1
+    self.offset = offset  # a held-out range: examples [offset, offset + num) of a larger world
+    self.world = SyntheticWorld(offset + num, seed=seed, noise=noise, image_size=image_size,
+                                noisy_prefix=offset + num if offset == 0 else offset)
+    self.num = num
 
-  def skip(self, err: BadExample) -> None:
-    with self._lock:
-      self.seen += 1
-      self.skipped += 1
-      if len(self.examples) < 20:
-        self.examples.append(str(err))
-      logging.warning("skipped example: %s (%d of %d so far)", err, self.skipped, self.seen)
-      if self.seen >= self.min_seen and self.skipped > self.max_fraction * self.seen:
-        raise DataError(f"{self.skipped} of {self.seen} examples skipped ({self.skipped / self.seen:.1%} > "
-                        f"max_skip_fraction {self.max_fraction:.1%}); first ones: " + "; ".join(self.examples[:5]))
+  def __len__(self) -> int:
+    return self.num
+
+  def __getitem__(self, i: int) -> dict:
+    img, ex = self.world[self.offset + i]
+    return {"pil": [img], "caption": ex.caption, "image_id": self.offset + i, "clean": ex.clean,
+            "true_caption": ex.true_caption}
+
+
+def make_source(spec: dict, fmt: str):
+  """One random-access source from its config entry:
+    {"type": "json", "ann": [files], "image_root": dir}
+    {"type": "tfds", "name": ..., "split": "train", "data_dir": ...} or {"type": "tfds", "directory": ...}
+      (optional "mapping": {"image": feature, "caption": feature, "image_id": feature})
+    {"type": "synthetic", "num": N, "seed": 0, "noise": 0.0, "image_size": 96, "offset": 0}
+  Any entry may carry "weight" (mixture proportion; default 1). `fmt`: the record format a json
+  source must hold (a key of RECORD_FORMATS)."""
+  spec = dict(spec)
+  kind = spec.pop("type", None)
+  spec.pop("weight", None)
+  try:
+    if kind == "json":
+      return JsonSource(list(spec.pop("ann")), spec.pop("image_root"), fmt,
+                        skip_bad_records=spec.pop("skip_bad_records", False), **spec)
+    if kind == "tfds":
+      from blip_jax.data.tfds_source import TfdsSource
+      return TfdsSource(**spec)
+    if kind == "synthetic":
+      return SyntheticSource(**spec)
+  except TypeError as e:  # unknown or missing keys
+    raise ValueError(f"data source {kind!r}: {e}") from None
+  raise ValueError(f"data source type={kind!r}: must be 'json', 'tfds' or 'synthetic'")

@@ -6,8 +6,9 @@
 3. TR@K: an image counts if the best rank of any of its captions is < K. IR@K: a text counts if its
    image's rank is < K. r_mean averages TR and IR @1/5/10.
 
-`rerank_scores` takes the ITM scorer as a function so the heavy part can run sharded on devices
-(`blip_jax.evaluate.retrieval_model.itm_scorer`); the metrics are plain numpy.
+`rerank_scores` takes the ITM scorer as a function, so the heavy part can run jitted and sharded on
+devices while the bookkeeping stays plain numpy. `recall_at` is the metric of the zero-shot ITC
+evaluation the trainer runs during pretraining (blip_jax.train.zero_shot).
 """
 from __future__ import annotations
 
@@ -56,3 +57,10 @@ def retrieval_metrics(score_i2t: np.ndarray, score_t2i: np.ndarray, txt2img: np.
   out["txt_r_mean"], out["img_r_mean"] = float(np.mean(tr)), float(np.mean(ir))
   out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
   return out
+
+
+def recall_at(sim: np.ndarray, match: np.ndarray, k: int) -> float:
+  """Fraction of query rows of sim (Q, G) whose top-k gallery columns hold at least one match
+  (match: (Q, G) bool; several matches per row allowed)."""
+  top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+  return float(np.take_along_axis(match, top, axis=1).any(1).mean())

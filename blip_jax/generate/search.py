@@ -38,7 +38,7 @@ def _prefill(tp, cfg, seq, prompt_len, cache, cross):
   return cache
 
 
-def repetition_penalty(scores, seq, length, penalty: float):
+def apply_repetition_penalty(scores, seq, length, penalty: float):
   """HF RepetitionPenaltyLogitsProcessor over the first `length` tokens of seq. scores (N, V)."""
   if penalty == 1.0:
     return scores
@@ -54,18 +54,18 @@ def _min_length(scores, cur_len, min_length: int, eos: int):
 
 
 def greedy(params, cfg: TextConfig, image_embeds, prompt=(), *, max_length=20, min_length=0,
-           repetition_penalty_: float = 1.0):
+           repetition_penalty: float = 1.0):
   """Greedy decoding. See module docstring for the conventions."""
   return _sample_loop(params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), None, max_length,
-                      min_length, repetition_penalty_, None)
+                      min_length, repetition_penalty, None)
 
 
 def sample(params, cfg: TextConfig, image_embeds, rng, prompt=(), *, num_samples=1, max_length=20,
-           min_length=0, top_p=0.9, top_k=50, temperature=1.0, repetition_penalty_: float = 1.0):
+           min_length=0, top_p=0.9, top_k=50, temperature=1.0, repetition_penalty: float = 1.0):
   """Nucleus sampling: num_samples captions per image -> (B * num_samples, max_length) rows grouped by
   image. The kept set is the smallest top-probability set with mass >= top_p, within the top_k."""
   return _sample_loop(params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), rng, max_length, min_length,
-                      repetition_penalty_, (top_p, top_k, temperature), group=num_samples)
+                      repetition_penalty, (top_p, top_k, temperature), group=num_samples)
 
 
 def nucleus_filter(logits, top_p: float, top_k: int, temperature: float):
@@ -104,7 +104,7 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
     cur = s["len"]
     logits, cache = decoder.step(tp, cfg, jax.lax.dynamic_index_in_dim(s["seq"], cur - 1, 1, False), cur - 1,
                                  s["cache"], cross)
-    logits = repetition_penalty(logits, s["seq"], cur, penalty)
+    logits = apply_repetition_penalty(logits, s["seq"], cur, penalty)
     logits = _min_length(logits, cur, min_length, eos)
     if nucleus is None:
       nxt = jnp.argmax(logits, -1).astype(jnp.int32)
@@ -122,7 +122,7 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
 
 
 def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3, max_length=20, min_length=0,
-                length_penalty=1.0, repetition_penalty_: float = 1.0):
+                length_penalty=1.0, repetition_penalty: float = 1.0):
   """Beam search (HF semantics, early_stopping=False). Returns the best hypothesis per image."""
   tp = params["text"]
   b, k = image_embeds.shape[0], num_beams
@@ -149,7 +149,7 @@ def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3
     logits, cache = decoder.step(tp, cfg, jax.lax.dynamic_index_in_dim(flat, cur - 1, 1, False), cur - 1,
                                  s["cache"], cross)
     logp = jax.nn.log_softmax(logits, -1)
-    logp = repetition_penalty(logp, flat, cur, repetition_penalty_)
+    logp = apply_repetition_penalty(logp, flat, cur, repetition_penalty)
     logp = _min_length(logp, cur, min_length, eos)
     acc = (logp.reshape(b, k, vocab) + s["running_scores"][:, :, None]).reshape(b, k * vocab)
     top_lp, top_idx = jax.lax.top_k(acc, 2 * k)

@@ -1,9 +1,13 @@
-"""What an import returns and an export takes, and the one error bad checkpoints raise."""
+"""What an import returns and an export takes, the one error bad checkpoints raise, and the strict
+match of a params tree against the shapes a model expects."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import numpy as np
+
+from blip_jax.interop.keymap import flatten, unflatten
 from blip_jax.models.config import BlipConfig
 
 
@@ -14,12 +18,14 @@ class Checkpoint:
   queues (pretrain/retrieval): {"image": (Q, E) f32, "text": (Q, E) f32, "ptr": int, "idx": (Q,) int64}
   (the Salesforce buffers are (E, Q) and (1, Q): they are transposed on the way in and out).
   notes: what the import filled in, resized or dropped, for the user to see.
+  tokenizer: the tokenizer found beside the checkpoint by `interop.load` (None: not looked up / none).
   """
   config: BlipConfig
   params: dict[str, Any]
   momentum_params: dict[str, Any] | None = None
   queues: dict[str, Any] | None = None
   notes: list[str] = dataclasses.field(default_factory=list)
+  tokenizer: Any = None
 
 
 class CheckpointError(ValueError):
@@ -41,3 +47,25 @@ class CheckpointError(ValueError):
     if hint:
       lines.append(f"  hint: {hint}")
     super().__init__("\n".join(lines))
+
+
+def select_params(want, have: dict, source: str, what: str = "the model", exact: bool = False) -> dict:
+  """The leaves of `have` at the paths of `want` (a nested dict of arrays or ShapeDtypeStructs), as a
+  tree shaped like `want`. Raises CheckpointError listing missing and mis-shaped keys (and, with
+  exact=True, keys of `have` that `want` lacks)."""
+  have_flat = dict(flatten(have))
+  missing, mismatched, leaves = [], [], []
+  for path, spec in flatten(want):
+    key = "/".join(path)
+    if path not in have_flat:
+      missing.append(key)
+      continue
+    value = have_flat[path]
+    if tuple(np.shape(value)) != tuple(spec.shape):
+      mismatched.append(f"{key}: {tuple(np.shape(value))} vs {tuple(spec.shape)}")
+    leaves.append((path, value))
+  unexpected = sorted("/".join(p) for p in set(have_flat) - {p for p, _ in flatten(want)}) if exact else []
+  if missing or mismatched or unexpected:
+    raise CheckpointError(source, f"does not fit {what}", missing=missing, mismatched=mismatched,
+                          unexpected=unexpected)
+  return unflatten(leaves)

@@ -30,11 +30,11 @@ def read_pth(path: str) -> Mapping[str, Any]:
 
 
 def load_salesforce(src: str | Mapping[str, Any], task: str, config: BlipConfig | None = None,
-                    ignore=()) -> Checkpoint:
-  """Import an official checkpoint (a .pth path, or any mapping key -> array)."""
+                    ignore=(), source: str = "<state dict>") -> Checkpoint:
+  """Import an official checkpoint (a .pth path, or any mapping key -> array named `source` in errors)."""
   if isinstance(src, (str, os.PathLike)):
     return import_state_dict(read_pth(str(src)), task, "salesforce", config, str(src), ignore)
-  return import_state_dict(src, task, "salesforce", config, "<state dict>", ignore)
+  return import_state_dict(src, task, "salesforce", config, source, ignore)
 
 
 def save_salesforce(ckpt: Checkpoint, path: str) -> None:

@@ -7,7 +7,6 @@ BlipForQuestionAnswering keys (ViT renamed; no buffers, momentum, queues or temp
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Iterable, Mapping
 
@@ -189,15 +188,6 @@ def import_state_dict(sd: Mapping[str, Any], task: str, fmt: str = "salesforce",
   params = keymap.unflatten(out["params"])
   momentum = keymap.unflatten(out["momentum_params"]) if want_m else None
   return Checkpoint(config, params, momentum, queues, notes)
-
-
-def with_image_size(ckpt: Checkpoint, image_size: int) -> Checkpoint:
-  """The same checkpoint for another image size: pos_embed (and its momentum copy) resized bicubically."""
-  vision = dataclasses.replace(ckpt.config.vision, image_size=image_size)
-  target = ckpt.config.replace(vision=vision)
-  out = import_state_dict(export_state_dict(ckpt, "salesforce"), target.task, "salesforce", target)
-  out.notes[:0] = ckpt.notes
-  return out
 
 
 def infer_config(sd: Mapping[str, Any], task: str, source: str = "<state dict>") -> BlipConfig:

@@ -110,9 +110,12 @@ class Blip(nn.Module):
                             encoder_mask=question_mask, train=train)
     return self.answer_decoder.logits(h)
 
-  # ---- init ---------------------------------------------------------------------------------
-  def __call__(self, images, ids, mask, train: bool = False):
-    """Touches every parameter of the task's model (used by `init`); returns a dict of outputs."""
+  # ---- every output at once (what `init` runs, so it creates every parameter) -----------------
+  def __call__(self, images, ids, mask, answer_ids=None, answer_mask=None, train: bool = False):
+    """Every output the task's model has for one batch: images (B, S, S, 3), ids / mask (B, L) (the
+    caption, or the VQA question), answer_ids / answer_mask (B, La) (VQA; needed by a VQA model).
+    Returns a dict: image_embeds, multimodal, text_embeds, image_feat, text_feat, itm_logits, temp,
+    logits, answer_logits, as the task has them."""
     comps = self.config.components
     img = self.encode_image(images, train)
     out = {"image_embeds": img}
@@ -129,7 +132,9 @@ class Blip(nn.Module):
     if "text_decoder_sa" in comps:
       out["logits"] = self.decode(ids, mask, img, train=train)
     if "answer_decoder" in comps:
-      out["answer_logits"] = self.answer_logits(ids, mask, out["multimodal"], mask, train)
+      if answer_ids is None:
+        raise ValueError("a VQA model needs answer_ids and answer_mask")
+      out["answer_logits"] = self.answer_logits(answer_ids, answer_mask, out["multimodal"], mask, train)
     return out
 
 
@@ -166,4 +171,7 @@ def _dummy_inputs(config: BlipConfig, batch: int, text_len: int):
   s = config.vision.image_size
   images = jnp.zeros((batch, s, s, 3), jnp.float32)
   ids = jnp.full((batch, text_len), config.text.cls_token_id, jnp.int32)
-  return images, ids, jnp.ones((batch, text_len), jnp.int32)
+  mask = jnp.ones((batch, text_len), jnp.int32)
+  if "answer_decoder" in config.components:
+    return images, ids, mask, ids, mask
+  return images, ids, mask

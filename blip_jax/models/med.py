@@ -36,26 +36,58 @@ MODES = ("text", "multimodal", "decoder")
 
 
 class SelfOrCross(nn.Module):
-  """BERT `*.self`: query/key/value projections and attention -> context (B, Lq, D)."""
+  """BERT `*.self`: query/key/value projections and attention -> context (B, Lq, D).
+
+  `__call__` is the full-sequence path of training and scoring; `project_kv`, `decode_self` and
+  `decode_cross` are the same projections and attention for one new position per row (generation)."""
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
   cross: bool = False
 
-  @nn.compact
-  def __call__(self, x, kv, bias, deterministic, kv_index=None):
+  def setup(self):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     kv_axis = "kv_embed" if self.cross else "embed"
-    q = layers.dense(c.hidden_size, ("embed", "heads"), name="query", **kw)(x)
-    k = layers.dense(c.hidden_size, (kv_axis, "heads"), name="key", **kw)(kv)
-    v = layers.dense(c.hidden_size, (kv_axis, "heads"), name="value", **kw)(kv)
+    self.query = layers.dense(c.hidden_size, ("embed", "heads"), **kw)
+    self.key = layers.dense(c.hidden_size, (kv_axis, "heads"), **kw)
+    self.value = layers.dense(c.hidden_size, (kv_axis, "heads"), **kw)
+
+  def _heads(self, t):
+    return layers.split_heads(t, self.cfg.num_heads)
+
+  def __call__(self, x, kv, bias, deterministic, kv_index=None):
+    k, v = self.key(kv), self.value(kv)
     if kv_index is not None:  # K/V projected once per unique encoder row, then gathered per text row
       k, v = k[kv_index], v[kv_index]
-    sh = lambda t: layers.split_heads(t, c.num_heads)
-    ctx = layers.attention(sh(q), sh(k), sh(v), bias, dropout_rate=c.attention_dropout,
-                           deterministic=deterministic, module=self)
+    ctx = layers.attention(self._heads(self.query(x)), self._heads(k), self._heads(v), bias,
+                           dropout_rate=self.cfg.attention_dropout, deterministic=deterministic, module=self)
     return layers.merge_heads(ctx)
+
+  def project_kv(self, states):
+    """(Bi, Lk, Dk) encoder states -> K, V each (Bi, H, Lk, Dh), head-major (see layers.grouped_attention)."""
+    head_major = lambda t: self._heads(t).transpose(0, 2, 1, 3)
+    return head_major(self.key(states)), head_major(self.value(states))
+
+  def decode_self(self, x, cache_k, cache_v, layer: int, pos):
+    """Causal self-attention of the token at `pos` over the cache.
+
+    x: (N, 1, D); cache_k, cache_v: (layers, N, T, H, Dh), positions < pos filled. This row's K/V are
+    written at (layer, :, pos) of the stacked cache. Returns (context (N, 1, D), cache_k, cache_v)."""
+    at = (layer, 0, pos, 0, 0)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, self._heads(self.key(x))[None].astype(cache_k.dtype), at)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, self._heads(self.value(x))[None].astype(cache_v.dtype), at)
+    bias = jnp.where(jnp.arange(cache_k.shape[2]) <= pos, 0.0, layers.MASK_VALUE)[None, None, None, :]
+    ctx = layers.attention(self._heads(self.query(x)), cache_k[layer], cache_v[layer], bias)
+    return layers.merge_heads(ctx), cache_k, cache_v
+
+  def decode_cross(self, x, k, v):
+    """Cross-attention of (N, 1, D) rows, grouped by image (N = Bi * G), to `project_kv`'s (Bi, H, Lk, Dh)
+    K/V: the G rows of an image are its query positions, so image K/V are never copied per beam."""
+    q = self._heads(self.query(x))  # (N, 1, H, Dh)
+    q = q.reshape((k.shape[0], -1) + q.shape[2:])  # (Bi, G, H, Dh)
+    ctx = layers.grouped_attention(q, k, v)
+    return layers.merge_heads(ctx.reshape((x.shape[0], 1) + ctx.shape[2:]))
 
 
 class AttentionOutput(nn.Module):
@@ -84,49 +116,83 @@ class AttentionOutput(nn.Module):
 
 
 class Attention(nn.Module):
-  """Self-attention (kv=None) or cross-attention over one or several encoder state tensors."""
+  """Self-attention (`cross=False`) or cross-attention over one or several (NLVR2) encoder state
+  tensors: BERT's `attention` / `crossattention` block = `self` (or `self0`, `self1`) + `output`."""
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
+  cross: bool = False
   merge: bool = False
 
-  @nn.compact
-  def __call__(self, x, bias, kvs=None, kv_biases=None, deterministic=True, kv_index=None):
+  @property
+  def branch_names(self) -> tuple[str, ...]:
+    n = self.cfg.num_cross_branches if self.cross else 1
+    return ("self",) if n == 1 else tuple(f"self{j}" for j in range(n))
+
+  def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    if kvs is None:
-      ctxs = [SelfOrCross(self.cfg, name="self", **kw)(x, x, bias, deterministic)]
-    elif len(kvs) == 1:
-      ctxs = [SelfOrCross(self.cfg, cross=True, name="self", **kw)(x, kvs[0], kv_biases[0], deterministic,
-                                                                  kv_index)]
+    for name in self.branch_names:  # named by attribute: self, or self0 / self1
+      setattr(self, name, SelfOrCross(self.cfg, cross=self.cross, **kw))
+    self.output = AttentionOutput(self.cfg, merge=self.merge, **kw)
+
+  def __call__(self, x, bias, kvs=None, kv_biases=None, deterministic=True, kv_index=None):
+    if not self.cross:
+      ctxs = [self.self(x, x, bias, deterministic)]
     else:
-      ctxs = [SelfOrCross(self.cfg, cross=True, name=f"self{j}", **kw)(x, kv, kb, deterministic, kv_index)
-              for j, (kv, kb) in enumerate(zip(kvs, kv_biases))]
-    return AttentionOutput(self.cfg, merge=self.merge, name="output", **kw)(ctxs, x, deterministic)
+      ctxs = [getattr(self, n)(x, kv, kb, deterministic, kv_index)
+              for n, kv, kb in zip(self.branch_names, kvs, kv_biases)]
+    return self.output(ctxs, x, deterministic)
+
+  def project_kv(self, states):
+    return self.self.project_kv(states)
+
+  def decode_self(self, x, cache_k, cache_v, layer: int, pos):
+    ctx, cache_k, cache_v = self.self.decode_self(x, cache_k, cache_v, layer, pos)
+    return self.output([ctx], x, True), cache_k, cache_v
+
+  def decode_cross(self, x, k, v):
+    return self.output([self.self.decode_cross(x, k, v)], x, True)
 
 
 class Layer(nn.Module):
-  """One MED layer: self-attention (encoder or decoder copy) -> optional cross-attention -> FFN."""
+  """One MED layer: self-attention (encoder or decoder copy) -> optional cross-attention -> FFN.
+  Submodules are created lazily, so a task's tree holds only the self-attention copies it calls."""
   cfg: TextConfig
   layer_index: int
   dtype: Any
   param_dtype: Any
 
-  @nn.compact
-  def __call__(self, x, self_bias, kvs, kv_biases, kv_index, mode: str, deterministic: bool):
+  def setup(self):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    sa_name = "decoder_attention" if mode == "decoder" else "attention"
-    x = Attention(c, name=sa_name, **kw)(x, self_bias, deterministic=deterministic)
+    self.attention = Attention(c, **kw)
+    self.decoder_attention = Attention(c, **kw)
+    merge = c.num_cross_branches > 1 and self.layer_index >= c.cross_merge_from_layer
+    self.crossattention = Attention(c, cross=True, merge=merge, **kw)
+    self.intermediate = layers.dense(c.intermediate_size, ("embed", "mlp"), **kw)
+    self.output = layers.dense(c.hidden_size, ("mlp", "embed"), **kw)
+    self.output_LayerNorm = layers.layer_norm(c.layer_norm_eps, **kw)
+    # the name an inline nn.Dropout gets: dropout masks derive from the module path, so keeping it
+    # keeps training runs identical to those of earlier versions
+    self.Dropout_0 = nn.Dropout(c.hidden_dropout)
+
+  def __call__(self, x, self_bias, kvs, kv_biases, kv_index, mode: str, deterministic: bool):
+    sa = self.decoder_attention if mode == "decoder" else self.attention
+    x = sa(x, self_bias, deterministic=deterministic)
     if mode != "text":
-      merge = c.num_cross_branches > 1 and self.layer_index >= c.cross_merge_from_layer
-      x = Attention(c, merge=merge, name="crossattention", **kw)(x, None, kvs, kv_biases, deterministic,
-                                                                 kv_index)
-    h = layers.dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
-    h = layers.gelu(h)
-    h = layers.dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(h)
-    h = nn.Dropout(c.hidden_dropout)(h, deterministic=deterministic)
-    x = layers.layer_norm(c.layer_norm_eps, name="output_LayerNorm", **kw)(h + x)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+      x = self.crossattention(x, None, kvs, kv_biases, deterministic, kv_index)
+    return nn.with_logical_constraint(self.ffn(x, deterministic), ("batch", "length", "embed"))
+
+  def ffn(self, x, deterministic: bool):
+    h = layers.gelu(self.intermediate(x))
+    h = self.Dropout_0(self.output(h), deterministic=deterministic)
+    return self.output_LayerNorm(h + x)
+
+  def decode(self, x, cache_k, cache_v, pos, cross_k, cross_v):
+    """The decoder-mode layer for one new position per row (see SelfOrCross.decode_*)."""
+    x, cache_k, cache_v = self.decoder_attention.decode_self(x, cache_k, cache_v, self.layer_index, pos)
+    x = self.crossattention.decode_cross(x, cross_k, cross_v)
+    return self.ffn(x, True), cache_k, cache_v
 
 
 class Embeddings(nn.Module):
@@ -239,3 +305,31 @@ class MED(nn.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """(B, L, D) decoder states -> (B, L, V) float32 logits (tied word embeddings + bias)."""
     return self.cls(hidden, self.embeddings).astype(jnp.float32)
+
+  # ---- incremental decoding (generation): the same layers, one new position per row -----------------
+
+  def cross_kv(self, image_embeds: jax.Array):
+    """(Bi, Lk, Dv) image tokens -> (K, V), each a tuple over layers of (Bi, H, Lk, Dh): every layer's
+    cross-attention keys and values, computed once and reused by every decoding step and beam. One
+    array per layer, not one stacked array: XLA:CPU copied each layer's slice of a stacked array on
+    every step (4x slower decoding at batch 16)."""
+    kv = [layer.crossattention.project_kv(image_embeds.astype(self.dtype)) for layer in self.layer]
+    return tuple(k for k, _ in kv), tuple(v for _, v in kv)
+
+  def decode_step(self, tokens: jax.Array, pos: jax.Array, cache, cross):
+    """Feed one token per row at position `pos`; return next-token logits and the updated cache.
+
+    Args:
+      tokens: (N,) int ids at position pos (pos 0 holds [DEC]).
+      pos: scalar int32.
+      cache: (K, V), each (layers, N, T, H, Dh) (see generate.decoder.init_cache), positions < pos filled.
+      cross: `cross_kv` over Bi images; the N rows are grouped by image (N = Bi * G: beams or samples of
+        image i are rows i*G .. i*G+G-1).
+    Returns:
+      logits (N, V) float32, new cache.
+    """
+    x = self.embeddings(tokens[:, None], jnp.reshape(pos, (1, 1)), True)  # (N, 1, D)
+    cache_k, cache_v = cache
+    for i, layer in enumerate(self.layer):
+      x, cache_k, cache_v = layer.decode(x, cache_k, cache_v, pos, cross[0][i], cross[1][i])
+    return self.logits(x)[:, 0], (cache_k, cache_v)

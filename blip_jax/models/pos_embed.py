@@ -29,15 +29,6 @@ def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
   return idx, w
 
 
-def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out_size, in_size) float64 matrix M with resize(x) ~= M @ x along one axis (for analysis)."""
-  idx, w = _taps(in_size, out_size)
-  m = np.zeros((out_size, in_size), np.float64)
-  for tap in range(4):
-    np.add.at(m, (np.arange(out_size), idx[:, tap]), w[:, tap])
-  return m
-
-
 def bicubic_resize_hwc(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   """Resize (H, W, C) float32 like F.interpolate(bicubic, align_corners=False) on CPU.
 

@@ -21,5 +21,10 @@ def main(argv):
   train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
-if __name__ == "__main__":
+def run():
+  """Console entry point (`blip-jax-train`)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,22 +1,101 @@
-"""From an experiment config (ml_collections) to the objects the step needs, with validation that
-names the offending key before anything compiles."""
+"""From an experiment config (ml_collections) to everything a run needs, validated once.
+
+`experiment(cfg, num_devices, num_processes)` is the one validation pass: every check names its key
+and runs before anything compiles. The trainer, `blip_jax.aot` and the benchmarks all call it, and
+nothing downstream re-checks the config.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Callable
 
 import numpy as np
+import optax
 
-from blip_jax.models.config import BlipConfig, tiny, vit_b16, vit_l16
+from blip_jax.models.config import TASKS, BlipConfig, tiny, vit_b16, vit_l16
 from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
-from blip_jax.train.pretrain_step import Objective, validate
+from blip_jax.train.pretrain_step import Objective
 
 VISION = {"vit_b16": vit_b16, "vit_l16": vit_l16}
+DTYPES = ("float32", "bfloat16")
+TRAINABLE_TASKS = ("pretrain",)  # the step computes ITC + ITM + LM; fine-tuning steps are not wired yet
+
+# (key, type, lower bound or None, whether the bound itself is allowed): the typed part of the check.
+_NUMBERS = (
+    ("global_batch", int, 1, True), ("text_length", int, 2, True), ("num_examples", int, 1, True),
+    ("epochs", int, 1, True), ("accum_steps", int, 1, True), ("seed", int, None, True),
+    ("log_every", int, 1, True), ("checkpoint_every", int, 1, True), ("keep_checkpoints", int, 1, True),
+    ("total_steps", int, 0, True), ("model.image_size", int, 1, True),
+    ("model.drop_path_rate", float, 0.0, True), ("optimizer.peak_lr", float, 0.0, False),
+    ("optimizer.warmup_steps", int, 0, True), ("optimizer.warmup_lr", float, 0.0, True),
+    ("optimizer.min_lr", float, 0.0, True), ("optimizer.weight_decay", float, 0.0, True),
+    ("optimizer.clip_norm", float, 0.0, True), ("objective.queue_size", int, 0, True),
+    ("objective.momentum", float, 0.0, True), ("objective.alpha", float, 0.0, True),
+    ("objective.label_smoothing", float, 0.0, True), ("eval.every", int, 0, True),
+    ("eval.num", int, 1, True), ("eval.batch", int, 1, True), ("data.max_skip_fraction", float, 0.0, True),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A validated experiment: the config and the objects derived from it."""
+  cfg: Any  # the ml_collections ConfigDict
+  model: BlipConfig
+  mesh_shape: tuple[int, int, int]
+  objective: Objective
+  learning_rate: Callable[[int], Any]  # the schedule inside `optimizer`, for logging
+  optimizer: optax.GradientTransformation
+  rules: tuple[tuple[str, Any], ...]  # logical axis -> mesh axes
+  steps_per_epoch: int
+  total_steps: int
+
+
+def experiment(cfg, num_devices: int, num_processes: int = 1, tokenizer=None) -> Experiment:
+  """Validate `cfg` for `num_devices` devices over `num_processes` processes and build the run's
+  objects. With a tokenizer, the model's vocabulary and special ids follow it.
+
+  Raises:
+    ValueError naming the offending key.
+  """
+  _check_numbers(cfg)
+  if cfg.model.task not in TRAINABLE_TASKS:
+    raise ValueError(f"config.model.task={cfg.model.task!r}: this trainer runs {TRAINABLE_TASKS} so far "
+                     f"(models exist for {sorted(TASKS)})")
+  model = model_config(cfg, tokenizer)
+  mesh = mesh_shape(cfg, num_devices)
+  if cfg.global_batch % num_processes:
+    raise ValueError(f"config.global_batch={cfg.global_batch} is not divisible by the {num_processes} processes")
+  obj = objective(cfg, mesh)
+  lr = learning_rate(cfg)
+  o = cfg.optimizer
+  spe = steps_per_epoch(cfg)
+  total = cfg.get("total_steps") or spe * cfg.epochs
+  return Experiment(cfg, model, mesh, obj, lr,
+                    make_optimizer(lr, o.weight_decay, o.decay_mode, o.clip_norm or None),
+                    sharding_rules(cfg), spe, total)
+
+
+def _check_numbers(cfg) -> None:
+  for key, kind, low, inclusive in _NUMBERS:
+    node = cfg
+    for part in key.split(".")[:-1]:
+      node = node.get(part) if node is not None else None
+    if node is None or key.split(".")[-1] not in node:
+      continue  # optional keys; the required ones fail where they are used, naming the key
+    value = node[key.split(".")[-1]]
+    ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+    if isinstance(value, bool) or not ok_type:
+      raise ValueError(f"config.{key}={value!r}: must be {'a number' if kind is float else 'an integer'}")
+    if low is not None and (value < low or (value == low and not inclusive)):
+      raise ValueError(f"config.{key}={value!r}: must be {'>=' if inclusive else '>'} {low}")
 
 
 def model_config(cfg, tokenizer=None) -> BlipConfig:
   """config.model -> BlipConfig; with a tokenizer, the text vocabulary and special ids follow it."""
   m = cfg.model
+  if m.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype={m.dtype!r}: must be one of {DTYPES}")
   if m.vision == "tiny":
     base = tiny(m.task, image_size=m.image_size, vision_width=m.get("vision_width", 48),
                 text_width=m.get("text_width", 32))
@@ -53,17 +132,31 @@ def steps_per_epoch(cfg) -> int:
 
 
 def objective(cfg, mesh: tuple[int, int, int]) -> Objective:
-  o = cfg.objective
+  """config.objective -> Objective, checked against the batch, the mesh and the task."""
+  o, b, accum = cfg.objective, cfg.global_batch, cfg.accum_steps
   data_shards = mesh[0] * mesh[1]
-  if cfg.global_batch % data_shards:
-    raise ValueError(f"config.global_batch={cfg.global_batch} is not divisible by the {data_shards} data "
+  if b % data_shards:
+    raise ValueError(f"config.global_batch={b} is not divisible by the {data_shards} data "
                      f"shards of config.mesh={mesh}")
   obj = Objective(queue_size=o.queue_size, momentum=o.momentum, alpha=o.alpha,
                   alpha_ramp_steps=int(math.ceil(o.alpha_ramp_epochs * steps_per_epoch(cfg))),
                   label_smoothing=o.label_smoothing, negatives=o.negatives,
                   negative_groups=data_shards if o.negatives == "local" else 1,
                   multi_positive=cfg.model.task == "retrieval")
-  validate(model_config(cfg), obj, cfg.global_batch, cfg.accum_steps)
+  if accum < 1 or b % accum:
+    raise ValueError(f"global batch {b} is not divisible by config.accum_steps={accum}")
+  if "momentum" not in TASKS[cfg.model.task]:
+    raise ValueError(f"config.model.task={cfg.model.task!r} has no momentum encoder: use pretrain or retrieval")
+  if obj.queue_size % b:
+    raise ValueError(f"config.queue_size={obj.queue_size} is not a multiple of the global batch "
+                     f"{b}: the queue must wrap exactly (reference s.5 step 4)")
+  if obj.negatives not in ("local", "global"):
+    raise ValueError(f"config.negatives={obj.negatives!r}: must be 'local' or 'global'")
+  if obj.negatives == "local" and (b // accum) % obj.negative_groups:
+    raise ValueError(f"(micro)batch {b // accum} is not divisible by "
+                     f"config.negative_groups={obj.negative_groups}")
+  if (obj.negatives == "global" or obj.multi_positive) and cfg.model.task != "retrieval":
+    raise ValueError("config.negatives='global' and multi_positive need image ids: task 'retrieval'")
   return obj
 
 
@@ -78,13 +171,11 @@ def learning_rate(cfg):
   raise ValueError(f"config.optimizer.schedule={o.schedule!r}: must be 'pretrain' or 'cosine'")
 
 
-def optimizer(cfg):
-  o = cfg.optimizer
-  return make_optimizer(learning_rate(cfg), o.weight_decay, o.decay_mode, o.clip_norm or None)
-
-
-def sharding_rules(cfg):
-  """config.sharding_rules as the list Flax expects (DEFAULT_RULES when absent)."""
-  from blip_jax.train.sharding import DEFAULT_RULES
-  rules = cfg.get("sharding_rules", None) or DEFAULT_RULES
-  return [(name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules]
+def sharding_rules(cfg) -> tuple[tuple[str, Any], ...]:
+  """config.sharding_rules (logical axis -> mesh axes; the table lives in the experiment config) as
+  Flax expects it."""
+  rules = cfg.get("sharding_rules")
+  if not rules:
+    raise ValueError("config.sharding_rules is missing: (logical axis, mesh axes) pairs, e.g. "
+                     "experiments/common.py SHARDING_RULES")
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules)

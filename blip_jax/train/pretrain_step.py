@@ -32,24 +32,6 @@ class Objective:
   multi_positive: bool = False  # ITC targets by image id (retrieval fine-tuning)
 
 
-def validate(model: BlipConfig, obj: Objective, global_batch: int, accum_steps: int = 1) -> None:
-  """Fail before compiling, naming the key."""
-  if accum_steps < 1 or global_batch % accum_steps:
-    raise ValueError(f"global batch {global_batch} is not divisible by config.accum_steps={accum_steps}")
-  if "momentum" not in model.components:
-    raise ValueError(f"config.model.task={model.task!r} has no momentum encoder: use pretrain or retrieval")
-  if obj.queue_size % global_batch:
-    raise ValueError(f"config.queue_size={obj.queue_size} is not a multiple of the global batch "
-                     f"{global_batch}: the queue must wrap exactly (reference s.5 step 4)")
-  if obj.negatives not in ("local", "global"):
-    raise ValueError(f"config.negatives={obj.negatives!r}: must be 'local' or 'global'")
-  if obj.negatives == "local" and (global_batch // accum_steps) % obj.negative_groups:
-    raise ValueError(f"(micro)batch {global_batch // accum_steps} is not divisible by "
-                     f"config.negative_groups={obj.negative_groups}")
-  if (obj.negatives == "global" or obj.multi_positive) and model.task != "retrieval":
-    raise ValueError("config.negatives='global' and multi_positive need image ids: task 'retrieval'")
-
-
 def init_state(model: BlipConfig, obj: Objective, tx: optax.GradientTransformation, rng: jax.Array) -> dict:
   """Fresh state: momentum = copy of params (as the official model starts), queues random normal,
   L2-normalised; idx queue -100."""

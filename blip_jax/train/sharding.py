@@ -1,4 +1,5 @@
 """Mesh, logical-axis rules and the shardings of the train state (flax lm1b / big_vision style).
+The logical-axis rules themselves live in the experiment config (experiments/common.py).
 
 The mesh has axes (data, fsdp, tensor) with Auto axis types (Linen's logical constraints assert
 under the Explicit default of jax.make_mesh, reference s.11). The batch is split over (data, fsdp);
@@ -17,23 +18,12 @@ from blip_jax.models.config import BlipConfig
 from blip_jax.models.momentum import momentum_view
 
 AXES = ("data", "fsdp", "tensor")
-# "vocab" stays unsharded: 30524 is not divisible by 8, and sharding it over "tensor" on a (2,2,2) CPU
-# mesh gave word-embedding gradients off by ~0.08 from one device (gather/scatter partitioning), while
-# every other rule agrees to float32 rounding. The table is still split over fsdp through "embed".
-DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")), ("length", None),
-    ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
-    ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", None),
-    ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None),
-)
 
 
 def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
-  """(data, fsdp, tensor) mesh with Auto axis types."""
-  n = shape[0] * shape[1] * shape[2]
+  """(data, fsdp, tensor) mesh with Auto axis types over `devices` (default: all). The shape is
+  checked against the device count once, by `build.mesh_shape`."""
   devices = devices if devices is not None else jax.devices()
-  if n != len(devices):
-    raise ValueError(f"config.mesh={tuple(shape)} needs {n} devices, {len(devices)} available")
   try:
     return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
   except NotImplementedError:
@@ -44,8 +34,7 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules=DEFAULT_RULES, *,
-                    queue_template):
+def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules, *, queue_template):
   """NamedShardings for every leaf of the train state (see pretrain_step.init_state).
 
   Params, their momentum copies and the optimizer moments follow the logical axis names; queues,

@@ -2,31 +2,35 @@
 AOT compile with memory report -> steps with metrics, evaluation, async checkpoints and preemption.
 
 Resume priority: the latest checkpoint in the workdir > config.init_from (a Salesforce, HF or blip_jax
-checkpoint) > scratch. SIGTERM / SIGINT finish the current step, save, and return normally (exit 0).
-A non-finite loss stops the run naming the step; checkpoints are only written after the losses since
-the previous one were checked, so the last checkpoint on disk is always a good one.
+checkpoint, read by `interop.load`) > scratch. SIGTERM / SIGINT finish the current step, save, and
+return normally (exit 0); on a pod every process stops at the same step (`Preemption`). A non-finite
+loss stops the run naming the step; checkpoints are only written after the losses since the previous
+one were checked, so the last checkpoint on disk is always a good one. Whatever stops the loop, the
+save in flight is finished and the loader, checkpointer and metric writers are closed.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import signal
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blip_jax.data.pipeline import global_batch
-from blip_jax.train import build, flops, input as input_lib, zero_shot
+from blip_jax import interop
+from blip_jax.data.loader import to_global_arrays
+from blip_jax.models.momentum import momentum_view
+from blip_jax.train import build, chips, inputs, zero_shot
 from blip_jax.train import sharding as S
+from blip_jax.train.ahead_of_time import batch_layout, compile_train_step, format_report, state_layout
 from blip_jax.train.checkpoints import Checkpointer
 from blip_jax.train.metrics_writer import MetricWriter, format_eta
-from blip_jax.train.pretrain_step import init_state, make_train_step
-
+from blip_jax.train.pretrain_step import init_state
 
 LOSSES = ("loss", "loss_itc", "loss_itm", "loss_lm")
 
@@ -35,24 +39,50 @@ class NonFiniteLoss(RuntimeError):
   """Raised when a training loss becomes NaN or infinite."""
 
 
-class _Preemption:
-  """SIGTERM / SIGINT set a flag the loop reads after each step (the step itself is never cut)."""
+class Preemption:
+  """SIGTERM / SIGINT set a per-process flag; `should_stop(step)` turns the flags of all processes
+  into one decision, so every host of a pod stops (and enters the collective save) at the same step.
 
-  def __init__(self):
-    self.requested = None
+  Single process: the flag itself, read after every step. Several processes: the flags are
+  all-gathered every `check_every` steps (the same steps on every process, so they agree); a signal
+  that arrives between checks is honoured at the next one. `gather` maps this process's flag (an int)
+  to every process's (an array); the default is jax's process_allgather.
+  """
+
+  def __init__(self, check_every: int = 1, gather: Callable[[np.ndarray], np.ndarray] | None = None,
+               num_processes: int | None = None):
+    self.requested: str | None = None
+    self.check_every = max(1, check_every)
+    self.num_processes = jax.process_count() if num_processes is None else num_processes
+    self._gather = gather or _process_allgather
     self._old = {}
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handle)
+      self._old[sig] = signal.signal(sig, self.handle)
     return self
 
-  def _handle(self, signum, frame):
+  def handle(self, signum, frame=None):
     self.requested = signal.Signals(signum).name
+
+  def should_stop(self, step: int) -> bool:
+    if self.num_processes == 1:
+      return self.requested is not None
+    if step % self.check_every:
+      return False
+    flags = np.asarray(self._gather(np.int32(self.requested is not None)))
+    if flags.any() and self.requested is None:
+      self.requested = "a stop requested on another process"
+    return bool(flags.any())
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+
+
+def _process_allgather(flag: np.ndarray) -> np.ndarray:
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(flag)
 
 
 def maybe_initialize_distributed() -> None:
@@ -65,169 +95,147 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def total_steps(cfg) -> int:
-  return cfg.get("total_steps") or build.steps_per_epoch(cfg) * cfg.epochs
-
-
-def validate(cfg) -> None:
-  """Checks that need no devices, each naming its key (the rest happen in build.* before compiling)."""
-  for key in ("log_every", "checkpoint_every"):
-    if cfg[key] < 1:
-      raise ValueError(f"config.{key}={cfg[key]}: must be >= 1")
-  if cfg.eval.every < 0:
-    raise ValueError(f"config.eval.every={cfg.eval.every}: must be >= 0 (0: only at the end)")
-  if total_steps(cfg) < 1:
-    raise ValueError(f"config.total_steps / epochs give {total_steps(cfg)} steps")
-  if cfg.model.task != "pretrain":  # the step computes ITC + ITM + LM; fine-tuning steps are not wired yet
-    raise ValueError(f"config.model.task={cfg.model.task!r}: this trainer runs 'pretrain' only so far")
-
-
-def _init_from(path: str, model, state: dict, shardings: dict) -> tuple[dict, list[str]]:
-  """Params (and their momentum copies) from a Salesforce / HF / blip_jax checkpoint, pos-embed resized
-  to the model's image size; a larger task's checkpoint (pretrain) narrows to this task's params."""
-  from blip_jax import convert
-  from blip_jax.interop.narrow import select_params
-  from blip_jax.interop.state_dict import with_image_size
-  from blip_jax.models.momentum import momentum_view
-
-  fmt = convert.infer_src_format(path)
-  ckpt = convert.load(path, fmt, None if fmt == "blip_jax" else model.task, None, ())
-  ckpt = with_image_size(ckpt, model.vision.image_size)
-  params = select_params(state["params"], ckpt.params, path, f"config.model (task {model.task})")
+def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -> tuple[dict, list[str]]:
+  """Params (and their momentum copies) from any checkpoint `interop.load` reads, narrowed to this
+  task and resized to this image size, checked against the state's shapes."""
+  model = exp.model
+  ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size)
+  params = interop.select_params(state["params"], ckpt.params, path, f"config.model (task {model.task})")
   params = jax.device_put(params, shardings["params"])
-  state = dict(state, params=params,
-               momentum=jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"]))
-  return state, list(ckpt.notes)
+  momentum = jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"])
+  return dict(state, params=params, momentum=momentum), list(ckpt.notes)
 
 
-def _export(state: dict, model, directory: str) -> None:
-  """The finished model as a blip_jax checkpoint directory (interop.native): what convert reads."""
-  from blip_jax.interop.checkpoint import Checkpoint
-  from blip_jax.interop.native import save_native
-
+def _export(state: dict, exp: build.Experiment, workdir: str) -> str:
+  """The finished model as a blip_jax checkpoint directory with its tokenizer: what `interop.load`,
+  `convert` and `caption` read."""
+  directory = os.path.join(workdir, "model")
+  tokenizer = os.path.join(workdir, "tokenizer.model")
   queues = {k: np.asarray(v) for k, v in state["queues"].items()}
-  save_native(Checkpoint(config=model, params=state["params"], momentum_params=state["momentum"],
-                         queues=queues), directory)
-  tokenizer = os.path.join(os.path.dirname(directory), "tokenizer.model")
-  if os.path.exists(tokenizer):  # the caption CLI finds it here
-    shutil.copy(tokenizer, os.path.join(directory, "tokenizer.model"))
+  interop.save(interop.Checkpoint(config=exp.model, params=state["params"], momentum_params=state["momentum"],
+                                  queues=queues), directory, "blip_jax",
+               tokenizer if os.path.exists(tokenizer) else None)
+  return directory
 
 
 def train(cfg, workdir: str) -> dict:
   """Run (or resume) the experiment `cfg` in `workdir`. Returns the last train and eval metrics."""
   maybe_initialize_distributed()
-  validate(cfg)
   is_main = jax.process_index() == 0
-  writer = MetricWriter(workdir, enabled=is_main, tensorboard=cfg.get("tensorboard", True))
-  tok = input_lib.tokenizer(cfg, workdir, write=is_main)
-  model = build.model_config(cfg, tok)
-  mesh_shape = build.mesh_shape(cfg, jax.device_count())
-  obj = build.objective(cfg, mesh_shape)
-  tx = build.optimizer(cfg)
-  lr_fn = build.learning_rate(cfg)  # the schedule inside tx, for logging
-  rules = build.sharding_rules(cfg)
-  steps = total_steps(cfg)
+  tok = inputs.tokenizer(cfg, workdir, write=is_main)
+  exp = build.experiment(cfg, jax.device_count(), jax.process_count(), tok)
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=2))
-  mesh = S.make_mesh(mesh_shape)
-  loader = input_lib.train_loader(cfg, tok, model.vision.image_size, jax.process_index(), jax.process_count())
+  writer = MetricWriter(workdir, enabled=is_main, tensorboard=cfg.get("tensorboard", True))
+  loader = ckpt = None
+  try:
+    loader = inputs.train_loader(cfg, tok, exp.model.vision.image_size, jax.process_index(), jax.process_count())
+    ckpt = Checkpointer(workdir, cfg.get("keep_checkpoints", 3), cfg.get("async_checkpoints", True))
+    return _run(exp, workdir, loader, ckpt, writer, tok)
+  finally:  # whatever stopped the run: finish the save in flight, stop reader threads, flush metrics
+    if ckpt is not None:
+      ckpt.close()
+    if loader is not None:
+      loader.close()
+    writer.close()
 
-  # ---- state: born sharded ---------------------------------------------------------------------
-  init = lambda rng: init_state(model, obj, tx, rng)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = S.state_shardings(model, tx, mesh, rules, queue_template=abstract["queues"])
+
+def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer: MetricWriter, tok) -> dict:
+  cfg, steps = exp.cfg, exp.total_steps
+  mesh = S.make_mesh(exp.mesh_shape)
+  specs, shardings = state_layout(exp, mesh)
   bsh = S.batch_sharding(mesh)
-  ckpt = Checkpointer(workdir, cfg.get("keep_checkpoints", 3), cfg.get("async_checkpoints", True))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    latest = ckpt.latest_step()
-    if latest is not None:
-      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-      state = ckpt.restore(latest, target, loader)
-      writer.text(f"resumed from {ckpt.directory} step {latest}")
-    else:
-      state = jax.jit(init, out_shardings=shardings)(jax.random.key(cfg.seed))
-      if cfg.get("init_from"):
-        state, notes = _init_from(cfg.init_from, model, state, shardings)
-        writer.text(f"initialised params from {cfg.init_from}" + "".join(f"\n  note: {n}" for n in notes))
-
-    # ---- AOT compile and memory analysis before step 1 -----------------------------------------
-    step_fn = jax.jit(make_train_step(model, obj, tx, cfg.accum_steps), in_shardings=(shardings, bsh),
-                      out_shardings=(shardings, None), donate_argnums=0)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(exp.rules):
+    state = _initial_state(exp, specs, shardings, ckpt, loader, writer)
     example = next(loader)
-    batch_shapes = {k: jax.ShapeDtypeStruct((cfg.global_batch,) + v.shape[1:], v.dtype, sharding=bsh)
-                    for k, v in example.items()}
-    t0 = time.time()
-    compiled = step_fn.lower(state, batch_shapes).compile()
-    mem = compiled.memory_analysis()
-    step_flops = flops.pretrain_step_flops(model, cfg.global_batch, cfg.text_length, obj.queue_size)
-    kind = jax.devices()[0].device_kind
-    peak = flops.device_peak(kind)
-    if mem is not None:
-      per_dev = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
-          - mem.alias_size_in_bytes
-      writer.text(f"compiled the step in {time.time() - t0:.1f}s: {per_dev / 2**30:.2f} GiB per device "
-                  f"({kind}, mesh {mesh_shape}); {step_flops / 1e12:.3f} TFLOP per step")
-    eval_fn = jax.jit(zero_shot.make_eval_fn(model))
-    eval_data = zero_shot.collect(input_lib.eval_loader(cfg, tok, model.vision.image_size), cfg.eval.num)
+    compiled, report = compile_train_step(exp, mesh, specs, shardings, batch_layout(exp, bsh, example))
+    writer.text(f"compiled the step in {report['compile_s']:.1f}s\n{format_report(report)}")
+    eval_fn = jax.jit(zero_shot.make_eval_fn(exp.model))
+    eval_data = zero_shot.collect(inputs.eval_loader(cfg, tok, exp.model.vision.image_size), cfg.eval.num)
 
-    def run_eval(step):  # always called inside the mesh context above
+    def run_eval(step):
       m = zero_shot.evaluate(eval_fn, state["params"], eval_data, cfg.eval.batch)
       writer.write(step, m, "eval")
       return m
 
-    # ---- the loop ------------------------------------------------------------------------------
-    start = int(jax.device_get(state["step"]))
     config_dict = json.loads(cfg.to_json_best_effort())
     pending, last_train, last_eval = [], {}, {}
     nan_at = cfg.get("debug_nan_at_step", -1)
     t_window, n_window = time.time(), 0
-    with _Preemption() as pre:
-      step = start
+    step = int(jax.device_get(state["step"]))
+    with Preemption(cfg.get("preemption_check_every", 10)) as pre:
       while step < steps:
         batch = example if example is not None else next(loader)
         example = None
         if step + 1 == nan_at:  # test hook: poison this step's input
           batch = dict(batch, images=np.full_like(batch["images"], np.nan))
-        state, metrics = compiled(state, global_batch(batch, bsh))
+        state, metrics = compiled(state, to_global_arrays(batch, bsh))
         step += 1
         n_window += 1
         pending.append((step, metrics))
-        boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == steps or pre.requested
-        if not boundary:
+        stop = pre.should_stop(step)
+        if not (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == steps or stop):
           writer.progress(step, steps, (time.time() - t_window) / n_window)
           continue
-        host = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, host):
-          if not all(math.isfinite(float(m[k])) for k in LOSSES):
-            raise NonFiniteLoss(f"non-finite loss at step {s}: " + ", ".join(f"{k}={float(m[k])}" for k in LOSSES) +
-                f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact.")
-        pending = []
+        _check_finite(pending, ckpt)
         if step % cfg.log_every == 0 or step == steps:
           dt = (time.time() - t_window) / n_window
-          m = {k: float(v) for k, v in host[-1].items()}
-          m.update(lr=float(lr_fn(step - 1)), seconds_per_step=dt,
-                   pairs_per_second=cfg.global_batch / dt,
-                   tflops_per_device=step_flops / dt / jax.device_count() / 1e12)
-          if peak:
-            m["mfu"] = step_flops / dt / jax.device_count() / peak
-          if loader.skipped:
-            m["skipped_examples"] = loader.skipped
-          writer.write(step, m, suffix=f"ETA {format_eta(dt * (steps - step))}")
-          last_train, t_window, n_window = m, time.time(), 0
+          last_train = _train_metrics(exp, pending[-1][1], step, dt, report, loader)
+          writer.write(step, last_train, suffix=f"ETA {format_eta(dt * (steps - step))}")
+          t_window, n_window = time.time(), 0
+        pending = []
         if cfg.eval.every and step % cfg.eval.every == 0 and step != steps:
           last_eval = run_eval(step)
-        if step % cfg.checkpoint_every == 0 or step == steps or pre.requested:
+        if step % cfg.checkpoint_every == 0 or step == steps or stop:
           ckpt.save(step, state, loader, config_dict)
-        if pre.requested:
+        if stop:
           writer.text(f"{pre.requested}: saved step {step}; exiting")
           break
     if step == steps:
       last_eval = run_eval(step)
-      _export(state, model, os.path.join(workdir, "model"))
-      writer.text(f"wrote the trained model to {os.path.join(workdir, 'model')} "
+      directory = _export(state, exp, workdir)
+      writer.text(f"wrote the trained model to {directory} "
                   "(python -m blip_jax.convert turns it into Salesforce or Hugging Face checkpoints)")
-  ckpt.close()
-  writer.close()
   return {"train": last_train, "eval": last_eval, "step": step}
+
+
+def _initial_state(exp, specs, shardings, ckpt, loader, writer) -> dict:
+  """The latest checkpoint in the workdir, else config.init_from, else a fresh init; born sharded."""
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, specs, loader)
+    writer.text(f"resumed from {ckpt.directory} step {latest}")
+    return state
+  init = lambda rng: init_state(exp.model, exp.objective, exp.optimizer, rng)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(exp.cfg.seed))
+  if exp.cfg.get("init_from"):
+    state, notes = _init_from(exp.cfg.init_from, exp, state, shardings)
+    writer.text(f"initialised params from {exp.cfg.init_from}" + "".join(f"\n  note: {n}" for n in notes))
+  return state
+
+
+def _check_finite(pending: list, ckpt: Checkpointer) -> None:
+  """Raise NonFiniteLoss naming the first step since the last check whose loss is NaN or infinite."""
+  host = jax.device_get([m for _, m in pending])
+  for (s, _), m in zip(pending, host):
+    if not all(math.isfinite(float(m[k])) for k in LOSSES):
+      ckpt.wait()  # the save in flight (of checked steps) completes before we name the last good one
+      raise NonFiniteLoss(f"non-finite loss at step {s}: " + ", ".join(f"{k}={float(m[k])}" for k in LOSSES) +
+                          f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact.")
+
+
+def _train_metrics(exp, metrics, step: int, dt: float, report: dict, loader) -> dict:
+  """The logged metrics of `step`: losses and scalars of the step, lr, throughput, TFLOP/s and MFU."""
+  cfg, step_flops = exp.cfg, report["step_flops"]
+  peak = chips.device_peak(report["device_kind"])
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  m.update(lr=float(exp.learning_rate(step - 1)), seconds_per_step=dt, pairs_per_second=cfg.global_batch / dt,
+           tflops_per_device=step_flops / dt / jax.device_count() / 1e12)
+  if peak:
+    m["mfu"] = step_flops / dt / jax.device_count() / peak
+  if loader.skipped:
+    m["skipped_examples"] = loader.skipped
+  return m
+

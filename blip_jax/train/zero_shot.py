@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from blip_jax.evaluate.retrieval import recall_at
 from blip_jax.models.blip import Blip
 from blip_jax.models.config import BlipConfig
 
@@ -44,12 +45,6 @@ def collect(loader, limit: int) -> dict:
     if n >= limit:
       break
   return {k: np.concatenate([p[k] for p in parts])[:limit] for k in ("images", "ids", "mask")}
-
-
-def recall_at(sim: np.ndarray, match: np.ndarray, k: int) -> float:
-  """Fraction of rows whose top-k columns (by sim) hold at least one match."""
-  top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-  return float(np.take_along_axis(match, top, axis=1).any(1).mean())
 
 
 def evaluate(eval_fn, params, data: dict, chunk: int) -> dict:

@@ -1,7 +1,7 @@
 """The experiment config's `data` and `eval` sections -> tokenizer, training loader, held-out pairs.
 
 config.data:
-  sources: list of source dicts (see data.pipeline.make_source), each with an optional "weight"
+  sources: list of source dicts (see data.sources.make_source), each with an optional "weight"
   tokenizer: {"type": "wordpiece", "vocab": path} | {"type": "sentencepiece", "model": path}
              | {"type": "synthetic", "vocab_size": n, "corpus": n}  (SentencePiece trained at start-up on
              the synthetic world's texts; deterministic, written to workdir/tokenizer.model)
@@ -14,7 +14,9 @@ import os
 import shutil
 import tempfile
 
-from blip_jax.data.pipeline import Loader, LoaderConfig, Preprocess, make_source
+from blip_jax.data.loader import Loader, LoaderConfig
+from blip_jax.data.preprocess import Preprocess
+from blip_jax.data.sources import TASK_FORMAT, make_source
 from blip_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, WordPieceTokenizer, train_sentencepiece
 
 
@@ -51,7 +53,7 @@ def tokenizer(cfg, workdir: str, write: bool = True) -> Tokenizer:
 
 def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
   d = cfg.data
-  return Preprocess("retrieval" if cfg.model.task == "retrieval" else "pretrain", tok, image_size,
+  return Preprocess(TASK_FORMAT[cfg.model.task], tok, image_size,
                     text_length=cfg.text_length, train=train, scale=tuple(d.scale), flip=d.flip,
                     randaug=d.randaug)
 
@@ -59,13 +61,11 @@ def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
 def _sources(specs, task: str, where: str):
   if not specs:
     raise ValueError(f"{where}: no data sources configured")
-  return [make_source(dict(s), task) for s in specs], [float(dict(s).get("weight", 1.0)) for s in specs]
+  return [make_source(dict(s), TASK_FORMAT[task]) for s in specs], [float(dict(s).get("weight", 1.0)) for s in specs]
 
 
 def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, process_count: int) -> Loader:
   d = cfg.data
-  if cfg.global_batch % process_count:
-    raise ValueError(f"config.global_batch={cfg.global_batch} is not divisible by the {process_count} processes")
   sources, weights = _sources(d.sources, cfg.model.task, "config.data.sources")
   lc = LoaderConfig(batch_size=cfg.global_batch // process_count, workers=d.workers, threads=d.threads,
                     prefetch=d.prefetch, max_skip_fraction=d.max_skip_fraction, seed=d.seed)

@@ -1,0 +1,185 @@
+"""The grain loader: sources -> weighted mixture -> per-epoch shuffle, repeat -> shard by process ->
+decode + augment + tokenize -> drop and count bad examples -> batch -> prefetch (threads or worker
+processes) -> global jax.Arrays.
+
+Each element is first the triple (source k, index i in k, epoch e); its augmentation draws come from
+example_rng(seed + k, i, e), so they do not depend on which worker, thread or process made it, and a
+restored iterator (`Loader.state` / `Loader.restore`, also what the trainer stores in its orbax
+checkpoint) yields exactly the batches the interrupted one would have. With worker processes each
+worker batches its own slice of the element stream, so `workers=0` and `workers=2` give different
+(each deterministic and resumable) batch orders.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from blip_jax.data.preprocess import Preprocess
+from blip_jax.data.sources import BadExample, DataError
+from blip_jax.data.transforms import example_rng
+
+
+class _Bad:
+  """Marks an element whose record could not be used (kept until _SkipBad counts and drops it)."""
+
+  def __init__(self, reason: str):
+    self.reason = reason
+
+
+class _Load:
+  """(source, index, epoch) -> preprocessed example, or _Bad naming the file."""
+
+  def __init__(self, sources: Sequence[Any], preprocess: Preprocess, seed: int):
+    self.sources, self.preprocess, self.seed = list(sources), preprocess, seed
+
+  def __call__(self, element):
+    k, i, epoch = (int(x) for x in element)
+    try:
+      record = self.sources[k][i]
+      return self.preprocess(record, i, example_rng(self.seed + k, i, epoch))
+    except BadExample as e:  # unusable input (unreadable image, ...): counted and skipped
+      return _Bad(str(e))
+    except DataError:
+      raise
+    except Exception as e:  # anything else is a bug or a misconfiguration: stop, saying where
+      raise DataError(f"source {k} example {i} (epoch {epoch}): {type(e).__name__}: {e}") from e
+
+
+class _SkipBadIterator(grain.DatasetIterator):
+  """Drops _Bad elements, logging each with its file; every kept example carries how many were
+  dropped before it, so the Loader counts skips across threads, workers and processes and applies the
+  threshold once."""
+
+  def __next__(self):
+    skipped = 0
+    while True:
+      value = next(self._parent)
+      if isinstance(value, _Bad):
+        skipped += 1
+        logging.warning("skipped example: %s", value.reason)
+        continue
+      value["skipped"] = np.int32(skipped)  # summed per batch by the Loader (counts cross processes)
+      return value
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class _SkipBad(grain.IterDataset):
+  def __iter__(self):
+    return _SkipBadIterator(self._parent.__iter__())
+
+
+def element_stream(lengths: Sequence[int], weights: Sequence[float] | None, seed: int, shuffle: bool = True,
+                   num_epochs: int | None = None) -> grain.MapDataset:
+  """(source, index, epoch) triples: each source shuffled afresh every epoch and repeated
+  (num_epochs=None: forever), then mixed with the given weights."""
+  streams = []
+  for k, n in enumerate(lengths):
+    if n == 0:
+      raise DataError(f"data source {k} is empty")
+    ds = grain.MapDataset.range(n)
+    if shuffle:
+      ds = ds.shuffle(seed=seed + 7919 * k)
+    ds = ds.repeat(num_epochs)
+    ds = ds.map_with_index(lambda pos, i, k=k, n=n: np.array([k, i, pos // n], np.int64))
+    streams.append(ds)
+  if len(streams) == 1:
+    return streams[0]
+  return grain.MapDataset.mix(streams, weights)
+
+
+@dataclasses.dataclass
+class LoaderConfig:
+  batch_size: int  # per process
+  workers: int = 0  # worker processes (0: threads in this process)
+  threads: int = 4  # reader threads per process or worker
+  prefetch: int = 2  # batches buffered per worker
+  max_skip_fraction: float = 0.01
+  min_seen: int = 100
+  seed: int = 0  # shuffling and augmentation
+  shuffle: bool = True
+  num_epochs: int | None = None  # None: repeat forever
+  drop_remainder: bool = True
+
+
+class Loader:
+  """Host batches (dicts of numpy arrays) with a savable position and skip accounting: the one place
+  the `max_skip_fraction` threshold is applied (after `min_seen` examples).
+
+  `state()` -> a json-able dict; `restore(state)`; `grain_iterator` is what grain's orbax handlers
+  save. `skipped` / `seen` count examples dropped and examined in this process's stream."""
+
+  def __init__(self, sources: Sequence[Any], weights: Sequence[float] | None, preprocess: Preprocess,
+               config: LoaderConfig, process_index: int = 0, process_count: int = 1):
+    if config.batch_size < 1:
+      raise ValueError(f"batch_size={config.batch_size}: must be >= 1")
+    if weights is not None and (len(weights) != len(sources) or min(weights) <= 0):
+      raise ValueError(f"mixture weights {list(weights)} must be positive, one per source ({len(sources)})")
+    self.config, self.sources = config, list(sources)
+    ds = element_stream([len(s) for s in sources], weights, config.seed, config.shuffle, config.num_epochs)
+    if process_count > 1:  # each process reads a disjoint slice of the same global stream
+      ds = ds[process_index::process_count]
+    ds = ds.map(_Load(sources, preprocess, config.seed))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=
+                                              max(config.threads, config.batch_size)))
+    it = _SkipBad(it)
+    it = it.batch(config.batch_size, drop_remainder=config.drop_remainder)
+    if config.workers > 0:
+      _absl_flags_parsed()
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers,
+                                                        per_worker_buffer_size=config.prefetch))
+    self.dataset = it
+    self.grain_iterator = iter(it)
+    self.seen = self.skipped = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = dict(next(self.grain_iterator))
+    skipped = int(batch.pop("skipped").sum())
+    n = len(next(iter(batch.values())))
+    self.seen += n + skipped
+    self.skipped += skipped
+    c = self.config
+    if self.seen >= c.min_seen and self.skipped > c.max_skip_fraction * self.seen:
+      raise DataError(f"{self.skipped} of {self.seen} examples skipped ({self.skipped / self.seen:.1%} > "
+                      f"max_skip_fraction {c.max_skip_fraction:.1%}); the log names the files")
+    return batch
+
+  def state(self) -> dict:
+    return self.grain_iterator.get_state()
+
+  def restore(self, state: dict) -> None:
+    self.grain_iterator.set_state(state)
+
+  def close(self) -> None:
+    """Stop worker processes and reader threads (they otherwise run until garbage collection)."""
+    close = getattr(self.grain_iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _absl_flags_parsed() -> None:
+  """grain worker processes read absl flags; outside absl.app.run they are unparsed and grain fails
+  with UnparsedFlagAccessError (reference section 11)."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def to_global_arrays(batch: dict, sharding) -> dict:
+  """Per-process numpy batch -> global jax.Arrays laid out by `sharding` (leading axis = batch)."""
+  import jax
+
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
