@@ -5,6 +5,7 @@ same run, after a warm-up (compile) call; figures are medians over --repeats.
 
   python -m benchmarks.generate [--batches 1 16] [--repeats 3] [--bf16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def main(argv=None):
   a = ap.parse_args(argv)
   import torch
   import transformers
+
   from blip_jax.interop import import_state_dict
 
   torch.manual_seed(0)
@@ -58,8 +60,9 @@ def main(argv=None):
     ids = torch.tensor([hf_prompt] * b)
     with torch.no_grad():
       hf_enc, _ = median_time(lambda: hf.vision_model(pixel_values=px), a.repeats)
-      hf_e2e, hf_out = median_time(lambda: hf.generate(pixel_values=px, input_ids=ids, num_beams=3, max_length=20,
-                                                       min_length=5), a.repeats)
+      hf_e2e, hf_out = median_time(
+        lambda: hf.generate(pixel_values=px, input_ids=ids, num_beams=3, max_length=20, min_length=5), a.repeats
+      )
     results = {}
     for dtype in ["float32"] + (["bfloat16"] if a.bf16 else []):
       cfg = config.replace(dtype=dtype)
@@ -70,23 +73,30 @@ def main(argv=None):
       img = jax.block_until_ready(encode(p_run, x))  # compile
       jax.block_until_ready(generate(p_run, cfg.text, img, prompt, method="beam", options=OPTS))
       enc, img = median_time(lambda: jax.block_until_ready(encode(p_run, x)), a.repeats)
-      dec, out = median_time(lambda: jax.block_until_ready(
-          generate(p_run, cfg.text, img, prompt, method="beam", options=OPTS)), a.repeats)
+      dec, out = median_time(
+        lambda: jax.block_until_ready(generate(p_run, cfg.text, img, prompt, method="beam", options=OPTS)), a.repeats
+      )
       ids_ours = np.asarray(out[0])[:, : hf_out.shape[1]]
       same = np.array_equal(ids_ours, hf_out.numpy())
       results[dtype] = (enc, dec, same)
     hf_dec = hf_e2e - hf_enc
     enc, dec, same = results["float32"]
     vit_gflops = flops.vit_forward(config, b) / 1e9
-    print(f"{b:>5} {'encode':>10} {hf_enc:>8.2f} {enc:>8.2f} {hf_enc / enc:>7.2f}x  "
-          f"ViT {vit_gflops:.0f} GFLOP: HF {vit_gflops / hf_enc:.0f}, ours {vit_gflops / enc:.0f} GFLOP/s")
+    print(
+      f"{b:>5} {'encode':>10} {hf_enc:>8.2f} {enc:>8.2f} {hf_enc / enc:>7.2f}x  "
+      f"ViT {vit_gflops:.0f} GFLOP: HF {vit_gflops / hf_enc:.0f}, ours {vit_gflops / enc:.0f} GFLOP/s"
+    )
     print(f"{b:>5} {'decode':>10} {hf_dec:>8.2f} {dec:>8.2f} {hf_dec / dec:>7.2f}x  tokens equal to HF: {same}")
-    print(f"{b:>5} {'end2end':>10} {hf_e2e:>8.2f} {enc + dec:>8.2f} {hf_e2e / (enc + dec):>7.2f}x  "
-          f"{b / (enc + dec):.2f} captions/s (HF {b / hf_e2e:.2f})")
+    print(
+      f"{b:>5} {'end2end':>10} {hf_e2e:>8.2f} {enc + dec:>8.2f} {hf_e2e / (enc + dec):>7.2f}x  "
+      f"{b / (enc + dec):.2f} captions/s (HF {b / hf_e2e:.2f})"
+    )
     if "bfloat16" in results:
       e16, d16, same16 = results["bfloat16"]
-      print(f"{b:>5} {'e2e bf16':>10} {hf_e2e:>8.2f} {e16 + d16:>8.2f} {hf_e2e / (e16 + d16):>7.2f}x  "
-            f"encode {e16:.2f} s, decode {d16:.2f} s; tokens equal to HF: {same16}")
+      print(
+        f"{b:>5} {'e2e bf16':>10} {hf_e2e:>8.2f} {e16 + d16:>8.2f} {hf_e2e / (e16 + d16):>7.2f}x  "
+        f"encode {e16:.2f} s, decode {d16:.2f} s; tokens equal to HF: {same16}"
+      )
 
 
 if __name__ == "__main__":

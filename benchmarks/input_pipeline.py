@@ -7,6 +7,7 @@ up with the demo config's train step on this machine.
 
 Images are COCO-sized JPEGs (500 x 375 by default) rendered from the synthetic world with texture.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,7 @@ from PIL import Image, ImageOps
 
 from blip_jax.data.loader import Loader, LoaderConfig
 from blip_jax.data.preprocess import Preprocess
-from blip_jax.data.sources import make_source
-from blip_jax.data.sources import load_image
+from blip_jax.data.sources import load_image, make_source
 from blip_jax.data.synthetic import SyntheticWorld
 from blip_jax.data.transforms import MEAN, STD, example_rng, sample_train
 
@@ -55,8 +55,12 @@ def plain_pil(path: str, size: int, draw) -> np.ndarray:
     elif op == "Rotate":
       img = img.rotate(value, fillcolor=(128, 128, 128))
     elif op in ("ShearX", "ShearY", "TranslateX", "TranslateY"):
-      m = {"ShearX": (1, value, 0, 0, 1, 0), "ShearY": (1, 0, 0, value, 1, 0),
-           "TranslateX": (1, 0, value, 0, 1, 0), "TranslateY": (1, 0, 0, 0, 1, value)}[op]
+      m = {
+        "ShearX": (1, value, 0, 0, 1, 0),
+        "ShearY": (1, 0, 0, value, 1, 0),
+        "TranslateX": (1, 0, value, 0, 1, 0),
+        "TranslateY": (1, 0, 0, 0, 1, value),
+      }[op]
       img = img.transform(img.size, Image.AFFINE, m, fillcolor=(128, 128, 128))
   return ((np.asarray(img, np.float32) / 255.0) - MEAN) / STD
 
@@ -102,14 +106,16 @@ def main(argv=None):
       print(f"{size:>5} {o:>11.1f} {p:>16.1f} {o / p:>6.2f}")
 
     import json
+
     ann = os.path.join(tmp, "ann.json")
     with open(ann, "w") as f:
       json.dump([{"image": os.path.basename(p), "caption": "a red circle"} for p in paths], f)
     src = make_source({"type": "json", "ann": [ann], "image_root": tmp}, "pretrain")
     print("\nwhole loader at 224 px (decode + augment + tokenize + batch 32), images/s:")
     for threads, workers in ((1, 0), (2, 0), (1, 2)):
-      loader = Loader([src], None, Preprocess("pretrain", tok, 224),
-                      LoaderConfig(batch_size=32, threads=threads, workers=workers))
+      loader = Loader(
+        [src], None, Preprocess("pretrain", tok, 224), LoaderConfig(batch_size=32, threads=threads, workers=workers)
+      )
       next(loader)
       t0 = time.perf_counter()
       n = 0
@@ -125,9 +131,10 @@ def main(argv=None):
 def keep_up():
   """The demo config's loader vs its compiled train step, measured one after the other."""
   import jax
-  from experiments import demo
+
   from blip_jax.train import build, inputs
   from blip_jax.train.pretrain_step import init_state, make_train_step
+  from experiments import demo
 
   cfg = demo.get_config()
   with tempfile.TemporaryDirectory() as tmp:
@@ -150,9 +157,11 @@ def keep_up():
     state, m = step(state, batches[i % 3])
   jax.block_until_ready(m)
   step_s = (time.perf_counter() - t0) / 20
-  print(f"\ndemo config (batch {cfg.global_batch}, {cfg.model.image_size} px): loader {load_s * 1e3:.1f} ms/batch, "
-        f"train step {step_s * 1e3:.1f} ms -> loader/step = {load_s / step_s:.2f} "
-        f"({'keeps up' if load_s < step_s else 'does NOT keep up'}; both share the same 2 cores in a run)")
+  print(
+    f"\ndemo config (batch {cfg.global_batch}, {cfg.model.image_size} px): loader {load_s * 1e3:.1f} ms/batch, "
+    f"train step {step_s * 1e3:.1f} ms -> loader/step = {load_s / step_s:.2f} "
+    f"({'keeps up' if load_s < step_s else 'does NOT keep up'}; both share the same 2 cores in a run)"
+  )
 
 
 if __name__ == "__main__":

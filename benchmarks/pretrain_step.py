@@ -9,6 +9,7 @@ this run (best of torch and XLA on a 4096^2 matmul), plus our/torch ratios. Sett
 bf16 compute (fp32 params/optimizer/losses); torch fp32 and bf16 autocast. "best" = each side's
 fastest. Run it alone: the CPU is shared with anything else running.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.torch_reference import BlipPretrainTorch  # noqa: E402
 from blip_jax.models import BlipConfig, tiny  # noqa: E402
 from blip_jax.train.flops import pretrain_step_flops  # noqa: E402
 from blip_jax.train.optimizer import make_optimizer  # noqa: E402
 from blip_jax.train.pretrain_step import Objective, init_state, make_train_step  # noqa: E402
-from benchmarks.torch_reference import BlipPretrainTorch  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
@@ -48,7 +49,7 @@ def _rate(fn, n, reps):
   t = time.perf_counter()
   for _ in range(reps):
     fn()
-  return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+  return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def matmul_peak(n=4096, reps=5) -> float:
@@ -70,7 +71,7 @@ def batch_np(c: BlipConfig, b: int, length: int):
   ids = rng.integers(1000, 2000, (b, length))
   ids[:, 0] = 101
   mask = np.ones((b, length), np.int64)
-  mask[b // 2:, length - 5:] = 0
+  mask[b // 2 :, length - 5 :] = 0
   return rng.normal(size=(b, s, s, 3)).astype(np.float32), ids, mask
 
 
@@ -127,14 +128,18 @@ def main():
       raise ValueError(f"--configs: unknown config {name!r} (tiny, vit_b)")
     ours_flops = pretrain_step_flops(c, b, ARGS.text_length, queue)
     torch_flops = pretrain_step_flops(c, b, ARGS.text_length, queue, shared_itm_kv=False)
-    print(f"\n== {name}: batch {b}, text {ARGS.text_length}, queue {queue}, {ARGS.threads} threads; "
-          f"analytic TFLOP per step: ours {ours_flops / 1e12:.3f} (ITM K/V once per image), "
-          f"official/torch {torch_flops / 1e12:.3f} ==")
+    print(
+      f"\n== {name}: batch {b}, text {ARGS.text_length}, queue {queue}, {ARGS.threads} threads; "
+      f"analytic TFLOP per step: ours {ours_flops / 1e12:.3f} (ITM K/V once per image), "
+      f"official/torch {torch_flops / 1e12:.3f} =="
+    )
     results = {}
-    for label, fn in [("ours fp32", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "float32")),
-                      ("ours bf16", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "bfloat16")),
-                      ("torch fp32", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, False)),
-                      ("torch bf16 autocast", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, True))]:
+    for label, fn in [
+      ("ours fp32", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "float32")),
+      ("ours bf16", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "bfloat16")),
+      ("torch fp32", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, False)),
+      ("torch bf16 autocast", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, True)),
+    ]:
       print(f"  {label} ...")
       s = fn()
       results[label] = s
@@ -143,9 +148,11 @@ def main():
     ours_best = min(results["ours fp32"], results["ours bf16"])
     torch_best = min(results["torch fp32"], results["torch bf16 autocast"])
     print(f"  ratio fp32 (ours/torch speed): {results['torch fp32'] / results['ours fp32']:.2f}x")
-    print(f"  ratio best (ours {min(results, key=lambda k: results[k] if k.startswith('ours') else 1e9)} "
-          f"vs torch {min(results, key=lambda k: results[k] if k.startswith('torch') else 1e9)}): "
-          f"{torch_best / ours_best:.2f}x")
+    print(
+      f"  ratio best (ours {min(results, key=lambda k: results[k] if k.startswith('ours') else 1e9)} "
+      f"vs torch {min(results, key=lambda k: results[k] if k.startswith('torch') else 1e9)}): "
+      f"{torch_best / ours_best:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 following the official BLIP_Pretrain.forward (Salesforce models/blip_pretrain.py) line by line:
 EMA then momentum forward, ITC with queues and distillation, ITM with per-batch hard negatives, LM
 with label smoothing, AdamW. Used only by benchmarks (torch is not a blip_jax dependency)."""
+
 import copy
 
 import torch
@@ -13,15 +14,30 @@ from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, Bli
 def hf_config(c):
   """transformers BlipConfig with the sizes of a blip_jax BlipConfig."""
   text = transformers.BlipTextConfig(
-      vocab_size=c.text.vocab_size, hidden_size=c.text.hidden_size, encoder_hidden_size=c.vision.width,
-      intermediate_size=c.text.intermediate_size, num_hidden_layers=c.text.num_layers,
-      num_attention_heads=c.text.num_heads, max_position_embeddings=c.text.max_position_embeddings,
-      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, label_smoothing=0.1,
-      bos_token_id=30522, pad_token_id=0, sep_token_id=102, eos_token_id=102)
+    vocab_size=c.text.vocab_size,
+    hidden_size=c.text.hidden_size,
+    encoder_hidden_size=c.vision.width,
+    intermediate_size=c.text.intermediate_size,
+    num_hidden_layers=c.text.num_layers,
+    num_attention_heads=c.text.num_heads,
+    max_position_embeddings=c.text.max_position_embeddings,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    label_smoothing=0.1,
+    bos_token_id=30522,
+    pad_token_id=0,
+    sep_token_id=102,
+    eos_token_id=102,
+  )
   vision = transformers.BlipVisionConfig(
-      hidden_size=c.vision.width, intermediate_size=c.vision.mlp_dim, num_hidden_layers=c.vision.depth,
-      num_attention_heads=c.vision.num_heads, image_size=c.vision.image_size,
-      patch_size=c.vision.patch_size, layer_norm_eps=1e-6)
+    hidden_size=c.vision.width,
+    intermediate_size=c.vision.mlp_dim,
+    num_hidden_layers=c.vision.depth,
+    num_attention_heads=c.vision.num_heads,
+    image_size=c.vision.image_size,
+    patch_size=c.vision.patch_size,
+    layer_norm_eps=1e-6,
+  )
   return text, vision
 
 
@@ -45,8 +61,12 @@ class BlipPretrainTorch(torch.nn.Module):
     self.vision_proj_m = copy.deepcopy(self.vision_proj)
     self.text_encoder_m = copy.deepcopy(self.text_encoder)
     self.text_proj_m = copy.deepcopy(self.text_proj)
-    self.pairs = [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
-                  (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
+    self.pairs = [
+      (self.visual_encoder, self.visual_encoder_m),
+      (self.vision_proj, self.vision_proj_m),
+      (self.text_encoder, self.text_encoder_m),
+      (self.text_proj, self.text_proj_m),
+    ]
     for _, m in self.pairs:
       for p in m.parameters():
         p.requires_grad = False
@@ -91,14 +111,15 @@ class BlipPretrainTorch(torch.nn.Module):
     with torch.no_grad():  # enqueue (single process: the global batch is the local batch)
       bs = image_feat_m.shape[0]
       ptr = int(self.queue_ptr)
-      self.image_queue[:, ptr:ptr + bs] = image_feat_m.T
-      self.text_queue[:, ptr:ptr + bs] = text_feat_m.T
+      self.image_queue[:, ptr : ptr + bs] = image_feat_m.T
+      self.text_queue[:, ptr : ptr + bs] = text_feat_m.T
       self.queue_ptr[0] = (ptr + bs) % self.queue_size
     enc_ids = ids.clone()
     enc_ids[:, 0] = self.enc_id
     bs = image.size(0)
-    output_pos = self.text_encoder(enc_ids, attention_mask=mask, encoder_hidden_states=image_embeds,
-                                   encoder_attention_mask=image_atts)
+    output_pos = self.text_encoder(
+      enc_ids, attention_mask=mask, encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts
+    )
     with torch.no_grad():
       weights_t2i = F.softmax(sim_t2i[:, :bs], dim=1) + 1e-4
       weights_t2i.fill_diagonal_(0)
@@ -110,14 +131,23 @@ class BlipPretrainTorch(torch.nn.Module):
     text_atts_all = torch.cat([mask, mask[neg_txt]], dim=0)
     image_embeds_all = torch.cat([image_embeds[neg_img], image_embeds], dim=0)
     image_atts_all = torch.cat([image_atts, image_atts], dim=0)
-    output_neg = self.text_encoder(text_ids_all, attention_mask=text_atts_all,
-                                   encoder_hidden_states=image_embeds_all, encoder_attention_mask=image_atts_all)
+    output_neg = self.text_encoder(
+      text_ids_all,
+      attention_mask=text_atts_all,
+      encoder_hidden_states=image_embeds_all,
+      encoder_attention_mask=image_atts_all,
+    )
     vl = torch.cat([output_pos.last_hidden_state[:, 0], output_neg.last_hidden_state[:, 0]], dim=0)
     itm_labels = torch.cat([torch.ones(bs, dtype=torch.long), torch.zeros(2 * bs, dtype=torch.long)])
     loss_itm = F.cross_entropy(self.itm_head(vl), itm_labels)
     dec_ids = ids.clone()
     dec_ids[:, 0] = self.dec_id
     targets = dec_ids.masked_fill(dec_ids == 0, -100)
-    loss_lm = self.text_decoder(dec_ids, attention_mask=mask, encoder_hidden_states=image_embeds,
-                                encoder_attention_mask=image_atts, labels=targets).loss
+    loss_lm = self.text_decoder(
+      dec_ids,
+      attention_mask=mask,
+      encoder_hidden_states=image_embeds,
+      encoder_attention_mask=image_atts,
+      labels=targets,
+    ).loss
     return loss_ita, loss_itm, loss_lm

@@ -8,6 +8,7 @@ without, for the local devices. Prints the trainable parameter count, the analyt
 and, per device, argument / output / temporary memory against the chip's HBM. Same validation and
 compile path as the trainer (`train.build.experiment`, `train.ahead_of_time`).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,11 +27,14 @@ def topology_devices(name: str):
   # instead of contending for /tmp/libtpu_lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
+
   try:
     return topologies.get_topology_desc(platform="tpu", topology_name=name).devices
   except Exception as e:  # libtpu missing or unknown name: say which
-    raise ValueError(f"--topology {name}: cannot describe this TPU topology ({type(e).__name__}: {e}). "
-                     "Is libtpu installed (`pip install libtpu`)?") from None
+    raise ValueError(
+      f"--topology {name}: cannot describe this TPU topology ({type(e).__name__}: {e}). "
+      "Is libtpu installed (`pip install libtpu`)?"
+    ) from None
 
 
 def compile_step(cfg, devices) -> dict:
@@ -44,6 +48,7 @@ def compile_step(cfg, devices) -> dict:
 
 def main(argv) -> int:
   from absl import flags
+
   del argv
   try:
     devices = topology_devices(flags.FLAGS.topology) if flags.FLAGS.topology else jax.devices()
@@ -59,6 +64,7 @@ def run():
   """Console entry point (`blip-jax-aot`)."""
   from absl import app, flags
   from ml_collections import config_flags
+
   config_flags.DEFINE_config_file("config", None, "experiment config file, optionally :variant", lock_config=True)
   flags.DEFINE_string("topology", None, "TPU topology to compile for, e.g. v5p:4x4x4 (needs libtpu)")
   flags.mark_flags_as_required(["config"])

@@ -9,6 +9,7 @@ Prints one line per caption: `IMAGE<TAB>caption`. The tokenizer is found next to
 (vocab.txt or tokenizer.model, also one directory up, where the trainer writes it) unless given.
 Any checkpoint with the decoder works: caption, or pretrain narrowed to its decoder (`interop.load`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,13 +60,23 @@ def main(argv=None) -> int:
   config, params, tok = ckpt.config, ckpt.params, ckpt.tokenizer
   prompt = jnp.asarray(tok.tokenize_ids(a.prompt), jnp.int32) if a.prompt else jnp.zeros((0,), jnp.int32)
   if 1 + len(prompt) >= a.max_length:
-    print(f"error: --max-length {a.max_length} leaves no room after [DEC] + the {len(prompt)} prompt tokens "
-          f"of {a.prompt!r}", file=sys.stderr)
+    print(
+      f"error: --max-length {a.max_length} leaves no room after [DEC] + the {len(prompt)} prompt tokens "
+      f"of {a.prompt!r}",
+      file=sys.stderr,
+    )
     return 2
   if a.sample:
     method = "sample"
-    opts = dict(max_length=a.max_length, min_length=a.min_length, top_p=a.top_p, top_k=a.top_k,
-                temperature=a.temperature, num_samples=a.num_samples, repetition_penalty=a.repetition_penalty)
+    opts = dict(
+      max_length=a.max_length,
+      min_length=a.min_length,
+      top_p=a.top_p,
+      top_k=a.top_k,
+      temperature=a.temperature,
+      num_samples=a.num_samples,
+      repetition_penalty=a.repetition_penalty,
+    )
   else:
     method = "beam" if a.beams > 1 else "greedy"
     opts = dict(max_length=a.max_length, min_length=a.min_length, repetition_penalty=a.repetition_penalty)
@@ -83,17 +94,24 @@ def main(argv=None) -> int:
       status = 1
   rng = jax.random.key(a.seed)
   for start in range(0, len(arrays), a.batch):
-    chunk = np.stack(arrays[start:start + a.batch])
+    chunk = np.stack(arrays[start : start + a.batch])
     n = len(chunk)
     if n < a.batch and len(arrays) > a.batch:  # keep one compiled shape
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], a.batch - n, 0)])
     img = encode(params, jnp.asarray(chunk))
-    ids, lengths = generate(params, config.text, img, prompt, jax.random.fold_in(rng, start), method=method,
-                            options=tuple(sorted(opts.items())))
+    ids, lengths = generate(
+      params,
+      config.text,
+      img,
+      prompt,
+      jax.random.fold_in(rng, start),
+      method=method,
+      options=tuple(sorted(opts.items())),
+    )
     ids, lengths = np.asarray(ids), np.asarray(lengths)
     per = a.num_samples if a.sample else 1
     for r in range(n * per):
-      text = tok.decode(ids[r, 1 + len(prompt): lengths[r]])
+      text = tok.decode(ids[r, 1 + len(prompt) : lengths[r]])
       print(f"{paths[start + r // per]}\t{text.strip()}")
   return status
 

@@ -1,5 +1,6 @@
 """Sections every experiment shares: the run (logging, checkpoints, eval) and the data, with their
 defaults. An experiment file overrides what differs."""
+
 import ml_collections
 
 # Logical axis (blip_jax/models/layers.py) -> mesh axes (data, fsdp, tensor); flax lm1b style, the
@@ -9,26 +10,42 @@ import ml_collections
 # one device (gather/scatter partitioning), while every other rule agrees to float32 rounding. The
 # table is still split over fsdp through "embed".
 SHARDING_RULES = (
-    ("batch", ("data", "fsdp")), ("length", None),
-    ("embed", "fsdp"), ("kv_embed", "fsdp"), ("patch", None),
-    ("mlp", "tensor"), ("heads", "tensor"), ("qkv", "tensor"), ("vocab", None),
-    ("embed_out", "tensor"), ("proj", None), ("classes", None), ("positions", None),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("embed", "fsdp"),
+  ("kv_embed", "fsdp"),
+  ("patch", None),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("qkv", "tensor"),
+  ("vocab", None),
+  ("embed_out", "tensor"),
+  ("proj", None),
+  ("classes", None),
+  ("positions", None),
 )
 
 
 def data(sources, tokenizer, scale=(0.2, 1.0)):
   """config.data: sources (see blip_jax.data.sources.make_source; each may carry "weight"), tokenizer
   (see blip_jax.train.inputs), loader settings and augmentation (reference section 6)."""
-  return ml_collections.ConfigDict(dict(
-      sources=tuple(sources), tokenizer=dict(tokenizer),
+  return ml_collections.ConfigDict(
+    dict(
+      sources=tuple(sources),
+      tokenizer=dict(tokenizer),
       workers=0,  # grain worker processes per host; 0 = reader threads in the training process
-      threads=4, prefetch=2, seed=0,
+      threads=4,
+      prefetch=2,
+      seed=0,
       max_skip_fraction=0.01,  # stop when more than this fraction of examples is unreadable
-      scale=tuple(scale), flip=True, randaug=True))
+      scale=tuple(scale),
+      flip=True,
+      randaug=True,
+    )
+  )
 
 
-def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=(), eval_num=256,
-        eval_batch=64):
+def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=(), eval_num=256, eval_batch=64):
   """Run-level keys on config c (in place)."""
   c.seed = 0
   c.total_steps = 0  # 0: epochs * num_examples // global_batch
@@ -39,6 +56,7 @@ def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=()
   c.tensorboard = True
   c.init_from = ""  # a Salesforce .pth, HF directory or blip_jax checkpoint; used when the workdir has none
   c.debug_nan_at_step = -1  # test hook: feed NaN images at this step
-  c.eval = ml_collections.ConfigDict(dict(sources=tuple(eval_sources), num=eval_num, batch=eval_batch,
-                                          every=eval_every))
+  c.eval = ml_collections.ConfigDict(
+    dict(sources=tuple(eval_sources), num=eval_num, batch=eval_batch, every=eval_every)
+  )
   return c

@@ -5,6 +5,7 @@ accuracy on held-out scenes at the end.
   python -m blip_jax.train --config experiments/demo.py --workdir /tmp/blip_demo
   variants: `:smoke` (a few steps at tiny sizes, for tests).
 """
+
 from experiments import pretrain_base_14m
 
 NUM = 4096  # training scenes; held-out scenes follow them

@@ -5,6 +5,7 @@
   python -m blip_jax.aot --config experiments/pretrain_base_14m.py --topology v5p:4x4x4
   variants: `:cpu` shrinks everything (model, batch, queue) and trains on the synthetic world.
 """
+
 import ml_collections
 
 from experiments import common
@@ -14,11 +15,11 @@ from experiments import common
 # Any entry may instead be a TFDS source: dict(type="tfds", name="coco_captions", split="train", weight=...).
 ROOT = "/data/blip"
 DATA = [
-    dict(type="json", ann=[f"{ROOT}/coco_karpathy_train.json"], image_root=f"{ROOT}/coco", weight=0.57),
-    dict(type="json", ann=[f"{ROOT}/vg_caption.json"], image_root=f"{ROOT}/vg", weight=0.77),
-    dict(type="json", ann=[f"{ROOT}/cc3m.json"], image_root=f"{ROOT}/cc3m", weight=2.9),
-    dict(type="json", ann=[f"{ROOT}/cc12m.json"], image_root=f"{ROOT}/cc12m", weight=10.0),
-    dict(type="json", ann=[f"{ROOT}/sbu.json"], image_root=f"{ROOT}/sbu", weight=0.86),
+  dict(type="json", ann=[f"{ROOT}/coco_karpathy_train.json"], image_root=f"{ROOT}/coco", weight=0.57),
+  dict(type="json", ann=[f"{ROOT}/vg_caption.json"], image_root=f"{ROOT}/vg", weight=0.77),
+  dict(type="json", ann=[f"{ROOT}/cc3m.json"], image_root=f"{ROOT}/cc3m", weight=2.9),
+  dict(type="json", ann=[f"{ROOT}/cc12m.json"], image_root=f"{ROOT}/cc12m", weight=10.0),
+  dict(type="json", ann=[f"{ROOT}/sbu.json"], image_root=f"{ROOT}/sbu", weight=0.86),
 ]
 EVAL = [dict(type="json", ann=[f"{ROOT}/coco_karpathy_val_pairs.json"], image_root=f"{ROOT}/coco")]
 BERT_VOCAB = f"{ROOT}/bert-base-uncased-vocab.txt"
@@ -26,25 +27,42 @@ BERT_VOCAB = f"{ROOT}/bert-base-uncased-vocab.txt"
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(
-      task="pretrain", vision="vit_b16", image_size=224, drop_path_rate=0.0, dtype="float32",
-      vision_remat="none", text_remat="none"))
-  c.objective = ml_collections.ConfigDict(dict(
-      queue_size=57600, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0, label_smoothing=0.1,
-      negatives="local"))  # "local": hard negatives within each data shard, like the official per-GPU code
+  c.model = ml_collections.ConfigDict(
+    dict(
+      task="pretrain",
+      vision="vit_b16",
+      image_size=224,
+      drop_path_rate=0.0,
+      dtype="float32",
+      vision_remat="none",
+      text_remat="none",
+    )
+  )
+  c.objective = ml_collections.ConfigDict(
+    dict(queue_size=57600, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0, label_smoothing=0.1, negatives="local")
+  )  # "local": hard negatives within each data shard, like the official per-GPU code
   c.global_batch = 2880
   c.text_length = 30
   c.num_examples = 14_000_000  # per epoch: COCO + VG + SBU + CC3M + CC12M
   c.epochs = 20
   c.accum_steps = 1
-  c.optimizer = ml_collections.ConfigDict(dict(
-      schedule="pretrain", peak_lr=3e-4, warmup_steps=3000, warmup_lr=1e-6, decay_rate=0.9, min_lr=1e-6,
-      weight_decay=0.05, decay_mode="all", clip_norm=0.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      schedule="pretrain",
+      peak_lr=3e-4,
+      warmup_steps=3000,
+      warmup_lr=1e-6,
+      decay_rate=0.9,
+      min_lr=1e-6,
+      weight_decay=0.05,
+      decay_mode="all",
+      clip_norm=0.0,
+    )
+  )
   c.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
   c.sharding_rules = common.SHARDING_RULES  # logical axis -> mesh axes (flax lm1b style)
   c.data = common.data(DATA, dict(type="wordpiece", vocab=BERT_VOCAB), scale=(0.2, 1.0))
-  common.run(c, log_every=50, checkpoint_every=2000, eval_every=5000, eval_sources=EVAL, eval_num=5000,
-             eval_batch=256)
+  common.run(c, log_every=50, checkpoint_every=2000, eval_every=5000, eval_sources=EVAL, eval_num=5000, eval_batch=256)
   if arg == "cpu":
     c.model.vision = "tiny"
     c.model.image_size = 32
@@ -52,8 +70,9 @@ def get_config(arg: str = ""):
     c.global_batch = 16
     c.num_examples = 1024
     c.optimizer.warmup_steps = 10
-    c.data = common.data((dict(type="synthetic", num=1024, image_size=48),),
-                         dict(type="synthetic", vocab_size=100), scale=(0.5, 1.0))
+    c.data = common.data(
+      (dict(type="synthetic", num=1024, image_size=48),), dict(type="synthetic", vocab_size=100), scale=(0.5, 1.0)
+    )
     c.data.flip = False  # synthetic captions say left / right
     c.eval.sources = (dict(type="synthetic", num=128, offset=1024, image_size=48),)
     c.eval.num, c.eval.batch, c.eval.every = 128, 32, 0

@@ -1,7 +1,7 @@
 """BLIP pretraining, ViT-L/16, 129M images (14M + LAION 115M, a fifth of LAION per epoch).
 
-  python -m blip_jax.aot --config experiments/pretrain_large_129m.py --topology v5p:4x4x4
-  variants: `:cpu`.
+python -m blip_jax.aot --config experiments/pretrain_large_129m.py --topology v5p:4x4x4
+variants: `:cpu`.
 """
 
 from experiments import pretrain_base_14m

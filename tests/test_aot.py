@@ -1,5 +1,6 @@
 """AOT: the real sharded step compiles for a TPU topology on this CPU machine (libtpu), and bad
 configs fail before compiling with the key named."""
+
 import pytest
 
 from blip_jax import aot
@@ -28,12 +29,15 @@ def test_paper_configs_resolve():
   obj = exp.objective
   assert obj.queue_size == 57600 and obj.negative_groups == 64 and obj.alpha == 0.4
   from blip_jax.models import param_shapes
+
   assert count(param_shapes(exp.model)) == 252_441_919
   large = build.experiment(pretrain_large_129m.get_config(), 64)
   assert large.mesh_shape == (32, 1, 2) and large.model.vision.width == 1024
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("global_batch", 2881, r"config.global_batch=2881 is not divisible by the 64 data shards"),
     ("objective.queue_size", 57601, r"config.queue_size=57601 is not a multiple of the global batch 2880"),
     ("mesh", (-1, -1, 1), r"config.mesh=\(-1, -1, 1\): three sizes"),
@@ -42,7 +46,8 @@ def test_paper_configs_resolve():
     ("global_batch", 0, r"config.global_batch=0: must be >= 1"),
     ("model.dtype", "fp16", r"config.model.dtype='fp16': must be one of"),
     ("epochs", "3", r"config.epochs='3': must be an integer"),
-])
+  ],
+)
 def test_bad_configs_name_the_key(key, value, message):
   cfg = pretrain_base_14m.get_config()
   node, leaf = (cfg, key) if "." not in key else (getattr(cfg, key.split(".")[0]), key.split(".")[1])

@@ -1,4 +1,5 @@
 """Analytic FLOPs agree with published figures and with XLA's own count of the compiled step."""
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,12 +17,21 @@ def test_vit_b16_matches_published_gmacs():
 
 
 def test_step_flops_match_xla_cost_analysis():
-  c = BlipConfig(task="pretrain",
-                 vision=VisionConfig(image_size=64, patch_size=16, width=256, depth=2, num_heads=4, mlp_dim=1024),
-                 text=TextConfig(vocab_size=2048, hidden_size=256, num_layers=2, num_heads=4,
-                                 intermediate_size=1024, max_position_embeddings=64, bos_token_id=1,
-                                 enc_token_id=2),
-                 embed_dim=64)
+  c = BlipConfig(
+    task="pretrain",
+    vision=VisionConfig(image_size=64, patch_size=16, width=256, depth=2, num_heads=4, mlp_dim=1024),
+    text=TextConfig(
+      vocab_size=2048,
+      hidden_size=256,
+      num_layers=2,
+      num_heads=4,
+      intermediate_size=1024,
+      max_position_embeddings=64,
+      bos_token_id=1,
+      enc_token_id=2,
+    ),
+    embed_dim=64,
+  )
   b, l, q = 4, 16, 32
   obj = Objective(queue_size=q)
   tx = make_optimizer(optax.constant_schedule(1e-4))

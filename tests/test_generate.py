@@ -1,6 +1,7 @@
 """Generation: token ids equal transformers' `generate` on the same imported weights (greedy and beam
 search, with and without the prompt, repetition penalty 1.0 / 1.1); cached decoding equals the full
 forward; nucleus sampling stays inside the top-p set, is reproducible and varies with the rng."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +55,9 @@ def test_token_ids_equal_transformers_generate(caption, prompt, penalty, method)
   opts = dict(max_length=20, min_length=5, repetition_penalty=penalty)
   if method == "beam":
     opts["num_beams"] = 3
-  ids, lengths = generate(ckpt.params, c.text, img, jnp.asarray(prompt, jnp.int32), method=method,
-                          options=tuple(sorted(opts.items())))
+  ids, lengths = generate(
+    ckpt.params, c.text, img, jnp.asarray(prompt, jnp.int32), method=method, options=tuple(sorted(opts.items()))
+  )
   ids, lengths = np.asarray(ids), np.asarray(lengths)
   np.testing.assert_array_equal(ids[:, : want.shape[1]], want)
   assert lengths.max() == want.shape[1]
@@ -66,8 +68,14 @@ def test_token_ids_equal_transformers_generate(caption, prompt, penalty, method)
 
 def test_some_hypotheses_stop_on_sep_before_max_length(caption):
   c, _, ckpt, _, img = caption
-  ids, lengths = generate(ckpt.params, c.text, img, jnp.asarray([], jnp.int32), method="beam",
-                          options=(("max_length", 20), ("min_length", 5), ("num_beams", 3)))
+  ids, lengths = generate(
+    ckpt.params,
+    c.text,
+    img,
+    jnp.asarray([], jnp.int32),
+    method="beam",
+    options=(("max_length", 20), ("min_length", 5), ("num_beams", 3)),
+  )
   assert (np.asarray(lengths) < 20).any()
   for row, n in zip(np.asarray(ids), np.asarray(lengths)):
     if n < 20:
@@ -78,8 +86,9 @@ def test_cached_decoding_equals_full_forward(caption):
   c, _, ckpt, _, img = caption
   ids = np.asarray(ref.inputs(c, batch=4, length=12, seed=5)[1])
   ids[:, 0] = c.text.bos_token_id
-  full = Blip(c).apply({"params": ckpt.params}, jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32), img,
-                       method=Blip.decode)
+  full = Blip(c).apply(
+    {"params": ckpt.params}, jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32), img, method=Blip.decode
+  )
   cross = decoder.cross_kv(ckpt.params["text"], c.text, img)
   cache = decoder.init_cache(c.text, 4, 16)
   steps = []
@@ -102,20 +111,24 @@ def test_nucleus_filter_keeps_exactly_the_top_p_set():
 def test_sampling_never_leaves_the_nucleus_and_is_reproducible(caption):
   c, _, ckpt, _, img = caption
   opts = (("max_length", 12), ("min_length", 3), ("num_samples", 4), ("top_k", 0), ("top_p", 0.9))
-  a, la = generate(ckpt.params, c.text, img, jnp.asarray(PROMPT, jnp.int32), jax.random.key(0), method="sample",
-                   options=opts)
-  b, _ = generate(ckpt.params, c.text, img, jnp.asarray(PROMPT, jnp.int32), jax.random.key(0), method="sample",
-                  options=opts)
-  d, _ = generate(ckpt.params, c.text, img, jnp.asarray(PROMPT, jnp.int32), jax.random.key(1), method="sample",
-                  options=opts)
+  a, la = generate(
+    ckpt.params, c.text, img, jnp.asarray(PROMPT, jnp.int32), jax.random.key(0), method="sample", options=opts
+  )
+  b, _ = generate(
+    ckpt.params, c.text, img, jnp.asarray(PROMPT, jnp.int32), jax.random.key(0), method="sample", options=opts
+  )
+  d, _ = generate(
+    ckpt.params, c.text, img, jnp.asarray(PROMPT, jnp.int32), jax.random.key(1), method="sample", options=opts
+  )
   a, la = np.asarray(a), np.asarray(la)
   np.testing.assert_array_equal(a, np.asarray(b))
   assert not np.array_equal(a, np.asarray(d))
   assert a.shape == (16, 12)
   # replay every sampled token through the model: it must lie in the top-p set of its step
   rows = jnp.repeat(img, 4, axis=0)
-  full = np.asarray(Blip(c).apply({"params": ckpt.params}, jnp.asarray(a), jnp.ones(a.shape, jnp.int32), rows,
-                                  method=Blip.decode))
+  full = np.asarray(
+    Blip(c).apply({"params": ckpt.params}, jnp.asarray(a), jnp.ones(a.shape, jnp.int32), rows, method=Blip.decode)
+  )
   p_len = 1 + len(PROMPT)
   for r in range(a.shape[0]):
     for t in range(p_len, la[r]):

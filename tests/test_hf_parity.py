@@ -1,4 +1,5 @@
 """Float32 parity with transformers' PyTorch BLIP on imported random weights (max abs diff <= 1e-5)."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,8 +55,12 @@ def test_caption_vision_decoder_logits_and_lm_loss(caption):
   dec_ids = _with_first(ids, 30522)
   with torch.no_grad():
     labels = torch.from_numpy(dec_ids).masked_fill(torch.from_numpy(mask) == 0, -100)
-    out = model(pixel_values=ref.nchw(images), input_ids=torch.from_numpy(dec_ids),
-                attention_mask=torch.from_numpy(mask), labels=labels)
+    out = model(
+      pixel_values=ref.nchw(images),
+      input_ids=torch.from_numpy(dec_ids),
+      attention_mask=torch.from_numpy(mask),
+      labels=labels,
+    )
   img = _apply(ckpt, Blip.encode_image, jnp.asarray(images))
   _close(img, out.last_hidden_state)
   logits = _apply(ckpt, Blip.decode, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(img))
@@ -68,10 +73,18 @@ def test_retrieval_itm_logits_and_itc_cosines(retrieval):
   c, model, ckpt = retrieval
   images, ids, mask = ref.inputs(c, batch=4)
   with torch.no_grad():
-    itm = model(input_ids=torch.from_numpy(_with_first(ids, 30523)), pixel_values=ref.nchw(images),
-                attention_mask=torch.from_numpy(mask), use_itm_head=True)
-    itc = model(input_ids=torch.from_numpy(ids), pixel_values=ref.nchw(images),
-                attention_mask=torch.from_numpy(mask), use_itm_head=False)
+    itm = model(
+      input_ids=torch.from_numpy(_with_first(ids, 30523)),
+      pixel_values=ref.nchw(images),
+      attention_mask=torch.from_numpy(mask),
+      use_itm_head=True,
+    )
+    itc = model(
+      input_ids=torch.from_numpy(ids),
+      pixel_values=ref.nchw(images),
+      attention_mask=torch.from_numpy(mask),
+      use_itm_head=False,
+    )
   img = _apply(ckpt, Blip.encode_image, jnp.asarray(images))
   _close(img, itm.last_hidden_state)
   logits = _apply(ckpt, Blip.itm_logits, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(img))
@@ -100,20 +113,28 @@ def test_vqa_question_encoder_and_answer_decoder(vqa):
   q_ids, a_ids = _with_first(q_ids, 30523), _with_first(a_ids, 30522)
   with torch.no_grad():
     img_t = model.vision_model(pixel_values=ref.nchw(images)).last_hidden_state
-    q_t = model.text_encoder(input_ids=torch.from_numpy(q_ids), attention_mask=torch.from_numpy(q_mask),
-                             encoder_hidden_states=img_t,
-                             encoder_attention_mask=torch.ones(img_t.shape[:2], dtype=torch.long)
-                             ).last_hidden_state
+    q_t = model.text_encoder(
+      input_ids=torch.from_numpy(q_ids),
+      attention_mask=torch.from_numpy(q_mask),
+      encoder_hidden_states=img_t,
+      encoder_attention_mask=torch.ones(img_t.shape[:2], dtype=torch.long),
+    ).last_hidden_state
     labels = torch.from_numpy(a_ids).masked_fill(torch.from_numpy(a_mask) == 0, -100)
-    ans = model.text_decoder(input_ids=torch.from_numpy(a_ids), attention_mask=torch.from_numpy(a_mask),
-                             encoder_hidden_states=q_t, encoder_attention_mask=torch.from_numpy(q_mask),
-                             labels=labels, reduction="mean")
+    ans = model.text_decoder(
+      input_ids=torch.from_numpy(a_ids),
+      attention_mask=torch.from_numpy(a_mask),
+      encoder_hidden_states=q_t,
+      encoder_attention_mask=torch.from_numpy(q_mask),
+      labels=labels,
+      reduction="mean",
+    )
   img = _apply(ckpt, Blip.encode_image, jnp.asarray(images))
   _close(img, img_t)
   q = _apply(ckpt, Blip.encode_multimodal, jnp.asarray(q_ids), jnp.asarray(q_mask), jnp.asarray(img))
   _close(q, q_t)
-  logits = _apply(ckpt, Blip.answer_logits, jnp.asarray(a_ids), jnp.asarray(a_mask), jnp.asarray(q),
-                  jnp.asarray(q_mask))
+  logits = _apply(
+    ckpt, Blip.answer_logits, jnp.asarray(a_ids), jnp.asarray(a_mask), jnp.asarray(q), jnp.asarray(q_mask)
+  )
   _close(logits, ans.logits)
   loss = float(lm_loss(jnp.asarray(logits), jnp.asarray(a_ids), jnp.asarray(a_mask), 0.1))
   assert abs(loss - ans.loss.item()) <= TOL
@@ -128,8 +149,9 @@ def test_vqa_answer_decoder_masks_question_padding(vqa):
   assert (q_mask == 0).any()
   img = _apply(ckpt, Blip.encode_image, jnp.asarray(images))
   q = _apply(ckpt, Blip.encode_multimodal, jnp.asarray(q_ids), jnp.asarray(q_mask), jnp.asarray(img))
-  run = lambda states: _apply(ckpt, Blip.answer_logits, jnp.asarray(a_ids), jnp.asarray(a_mask),
-                              jnp.asarray(states), jnp.asarray(q_mask))
+  run = lambda states: _apply(
+    ckpt, Blip.answer_logits, jnp.asarray(a_ids), jnp.asarray(a_mask), jnp.asarray(states), jnp.asarray(q_mask)
+  )
   base = run(q)
   np.testing.assert_array_equal(run(np.where(q_mask[..., None] == 0, q + 100.0, q)), base)
   assert np.abs(run(np.where(q_mask[..., None] == 1, q + 1.0, q)) - base).max() > 1e-3
@@ -143,8 +165,11 @@ def test_label_smoothing_is_configurable(caption):
   logits = _apply(ckpt, Blip.decode, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(img))
   labels = torch.from_numpy(dec_ids).masked_fill(torch.from_numpy(mask) == 0, -100)
   for eps in (0.0, 0.3):
-    want = torch.nn.functional.cross_entropy(torch.from_numpy(np.array(logits[:, :-1])).reshape(-1, logits.shape[-1]),
-                                             labels[:, 1:].reshape(-1), label_smoothing=eps)
+    want = torch.nn.functional.cross_entropy(
+      torch.from_numpy(np.array(logits[:, :-1])).reshape(-1, logits.shape[-1]),
+      labels[:, 1:].reshape(-1),
+      label_smoothing=eps,
+    )
     got = float(lm_loss(jnp.asarray(logits), jnp.asarray(dec_ids), jnp.asarray(mask), eps))
     assert abs(got - want.item()) <= TOL
 
@@ -152,14 +177,27 @@ def test_label_smoothing_is_configurable(caption):
 @pytest.mark.slow
 def test_full_size_vit_b_bert_base_caption_parity():
   """ViT-B/16 + BERT-base at 224 px (transformers' sizes), float32, <= 1e-4."""
-  c, model, ckpt = _imported("BlipForConditionalGeneration", "caption", vision_width=768, text_width=768,
-                             image_size=224, patch=16, layers=12, heads=12, vision_layers=12,
-                             vision_heads=12, text_mlp=3072, vision_mlp=3072, embed_dim=256)
+  c, model, ckpt = _imported(
+    "BlipForConditionalGeneration",
+    "caption",
+    vision_width=768,
+    text_width=768,
+    image_size=224,
+    patch=16,
+    layers=12,
+    heads=12,
+    vision_layers=12,
+    vision_heads=12,
+    text_mlp=3072,
+    vision_mlp=3072,
+    embed_dim=256,
+  )
   images, ids, mask = ref.inputs(c, batch=2, length=12)
   dec_ids = _with_first(ids, 30522)
   with torch.no_grad():
-    out = model(pixel_values=ref.nchw(images), input_ids=torch.from_numpy(dec_ids),
-                attention_mask=torch.from_numpy(mask))
+    out = model(
+      pixel_values=ref.nchw(images), input_ids=torch.from_numpy(dec_ids), attention_mask=torch.from_numpy(mask)
+    )
   img = _apply(ckpt, Blip.encode_image, jnp.asarray(images))
   _close(img, out.last_hidden_state, 1e-4)
   logits = _apply(ckpt, Blip.decode, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(img))

@@ -1,10 +1,19 @@
 """Bad checkpoints fail with one error naming the file and the keys."""
+
 import jax
 import numpy as np
 import pytest
 
-from blip_jax.interop import (Checkpoint, CheckpointError, export_state_dict, import_state_dict, load_hf,
-                              load_salesforce, save_hf, save_salesforce)
+from blip_jax.interop import (
+  Checkpoint,
+  CheckpointError,
+  export_state_dict,
+  import_state_dict,
+  load_hf,
+  load_salesforce,
+  save_hf,
+  save_salesforce,
+)
 from blip_jax.models import init_params, tiny
 from blip_jax.models.momentum import momentum_view
 
@@ -65,8 +74,12 @@ def test_missing_and_unexpected_listed_together(caption):
 def test_ignore_momentum_group():
   c = tiny("retrieval")
   params = jax.tree.map(np.asarray, init_params(c, jax.random.key(0)))
-  queues = {"image": np.zeros((8, 16), np.float32), "text": np.zeros((8, 16), np.float32), "ptr": 0,
-            "idx": np.zeros(8, np.int64)}
+  queues = {
+    "image": np.zeros((8, 16), np.float32),
+    "text": np.zeros((8, 16), np.float32),
+    "ptr": 0,
+    "idx": np.zeros(8, np.int64),
+  }
   sd = export_state_dict(Checkpoint(c, params, momentum_view(params), queues), "salesforce")
   sd = {k: v for k, v in sd.items() if "_m." not in k}  # a checkpoint without momentum copies
   with pytest.raises(CheckpointError, match="missing keys"):

@@ -1,14 +1,14 @@
 """Round trips through the real files are bit-exact; HF exports load in transformers cleanly."""
+
 import jax
 import numpy as np
 import pytest
 import transformers
 
-from blip_jax.interop import (Checkpoint, load_hf, load_native, load_salesforce, save_hf, save_native,
-                              save_salesforce)
+from blip_jax.convert import main as convert_main
+from blip_jax.interop import Checkpoint, load_hf, load_native, load_salesforce, save_hf, save_native, save_salesforce
 from blip_jax.models import TASKS, init_params, tiny
 from blip_jax.models.momentum import momentum_view
-from blip_jax.convert import main as convert_main
 
 ALL_TASKS = sorted(TASKS)
 
@@ -19,11 +19,13 @@ def _checkpoint(task, seed=0):
   momentum = queues = None
   rng = np.random.default_rng(seed)
   if "momentum" in TASKS[task]:
-    momentum = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32),
-                            momentum_view(params))
+    momentum = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32), momentum_view(params))
     q = 24
-    queues = {"image": rng.normal(size=(q, c.embed_dim)).astype(np.float32),
-              "text": rng.normal(size=(q, c.embed_dim)).astype(np.float32), "ptr": 8}
+    queues = {
+      "image": rng.normal(size=(q, c.embed_dim)).astype(np.float32),
+      "text": rng.normal(size=(q, c.embed_dim)).astype(np.float32),
+      "ptr": 8,
+    }
     if task == "retrieval":
       queues["idx"] = rng.integers(0, 100, q)
   return Checkpoint(c, params, momentum, queues)
@@ -55,7 +57,8 @@ def test_hf_roundtrip_bit_exact_and_from_pretrained_clean(task, tmp_path):
   back = load_hf(str(tmp_path / "hf"), task=task)  # config read back from our config.json
   _assert_same(ckpt.params, back.params)  # retrieval: temp absent in HF, refilled with its init
   cls = {"caption": "BlipForConditionalGeneration", "vqa": "BlipForQuestionAnswering"}.get(
-      task, "BlipForImageTextRetrieval")
+    task, "BlipForImageTextRetrieval"
+  )
   model, info = getattr(transformers, cls).from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
   assert model.config.text_config.num_attention_heads == ckpt.config.text.num_heads
@@ -79,8 +82,12 @@ def test_cli_chain_salesforce_blipjax_hf_salesforce(tmp_path, capsys):
   save_salesforce(ckpt, str(tmp_path / "a.pth"))
   cfg = tmp_path / "cfg.json"
   cfg.write_text(__import__("json").dumps(ckpt.config.to_dict()))
-  assert convert_main([str(tmp_path / "a.pth"), str(tmp_path / "nat"), "--task", "caption",
-                       "--config", str(cfg), "--param-count"]) == 0
+  assert (
+    convert_main(
+      [str(tmp_path / "a.pth"), str(tmp_path / "nat"), "--task", "caption", "--config", str(cfg), "--param-count"]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert f"{sum(x.size for x in jax.tree.leaves(ckpt.params)):,d}" in out
   assert convert_main([str(tmp_path / "nat"), str(tmp_path / "hf"), "--dst-format", "hf"]) == 0

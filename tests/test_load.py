@@ -1,5 +1,6 @@
 """interop.load: every format through one function, task narrowing and pos-embed resize on the params
 tree (torch-bicubic exact), the trainer's init_from path, and clear errors instead of exits."""
+
 import subprocess
 import sys
 
@@ -41,8 +42,9 @@ def pretrain_pth(tmp_path_factory):
 
 
 def _convert(*args):
-  return subprocess.run([sys.executable, "-m", "blip_jax.convert", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "blip_jax.convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
 
 
 def test_converted_without_queues_loads_at_another_size(pretrain_pth, tmp_path):
@@ -58,8 +60,10 @@ def test_converted_without_queues_loads_at_another_size(pretrain_pth, tmp_path):
   assert got.shape == (1, 37, 32)
   assert np.abs(got - want).max() <= 1e-6
   np.testing.assert_array_equal(ckpt.momentum_params["visual_encoder"]["pos_embed"], got)
-  np.testing.assert_array_equal(ckpt.params["text"]["embeddings"]["word_embeddings"]["embedding"],
-                                params["text"]["embeddings"]["word_embeddings"]["embedding"])
+  np.testing.assert_array_equal(
+    ckpt.params["text"]["embeddings"]["word_embeddings"]["embedding"],
+    params["text"]["embeddings"]["word_embeddings"]["embedding"],
+  )
   assert any("resized 17 -> 37" in n for n in ckpt.notes)
 
 
@@ -80,8 +84,9 @@ def test_trainer_init_from_converted_checkpoint(pretrain_pth, tmp_path):
   state, notes = _init_from(str(tmp_path / "ckpt48"), exp, state, shardings)
   back = _torch_bicubic(_torch_bicubic(params["visual_encoder"]["pos_embed"], 37), 17)
   assert np.abs(np.asarray(state["params"]["visual_encoder"]["pos_embed"]) - back).max() <= 1e-6
-  np.testing.assert_array_equal(state["momentum"]["visual_encoder"]["pos_embed"],
-                                state["params"]["visual_encoder"]["pos_embed"])
+  np.testing.assert_array_equal(
+    state["momentum"]["visual_encoder"]["pos_embed"], state["params"]["visual_encoder"]["pos_embed"]
+  )
   assert any("48 -> 32 px" in n for n in notes)
 
 
@@ -111,6 +116,7 @@ def test_errors_not_exits(tmp_path):
 
 def test_model_json_that_disagrees_with_the_arrays_is_refused(pretrain_pth, tmp_path):
   import json
+
   path, _ = pretrain_pth
   assert _convert(path, str(tmp_path / "ckpt")).returncode == 0
   meta = json.loads((tmp_path / "ckpt" / "model.json").read_text())

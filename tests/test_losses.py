@@ -1,5 +1,6 @@
 """ITC / ITM / LM losses equal a plain-numpy implementation of reference section 5 (float32, 1e-5);
 hard negatives never pick a positive and follow their weights."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,8 +50,14 @@ def normed(rng, *shape):
 def feats():
   rng = np.random.default_rng(0)
   b, q, e = 8, 16, 12
-  return dict(i=normed(rng, b, e), t=normed(rng, b, e), i_m=normed(rng, b, e), t_m=normed(rng, b, e),
-              iq=normed(rng, q, e), tq=normed(rng, q, e))
+  return dict(
+    i=normed(rng, b, e),
+    t=normed(rng, b, e),
+    i_m=normed(rng, b, e),
+    t_m=normed(rng, b, e),
+    iq=normed(rng, q, e),
+    tq=normed(rng, q, e),
+  )
 
 
 def test_itc_with_queue_and_distillation(feats):
@@ -65,17 +72,18 @@ def test_itc_multi_positive_by_image_id(feats):
   f = feats
   idx = np.array([3, 3, 5, 7, 7, 7, 9, 11])
   idx_q = np.array([3, 5, 100, -100, 7] + [-100] * 11)
-  got, _ = itc_loss(*(jnp.asarray(f[k]) for k in ("i", "t", "i_m", "t_m", "iq", "tq")), 0.05, 0.4,
-                    jnp.asarray(idx), jnp.asarray(idx_q))
-  want = np_itc(*(f[k].astype(np.float64) for k in ("i", "t", "i_m", "t_m", "iq", "tq")), 0.05, 0.4,
-                idx, idx_q)
+  got, _ = itc_loss(
+    *(jnp.asarray(f[k]) for k in ("i", "t", "i_m", "t_m", "iq", "tq")), 0.05, 0.4, jnp.asarray(idx), jnp.asarray(idx_q)
+  )
+  want = np_itc(*(f[k].astype(np.float64) for k in ("i", "t", "i_m", "t_m", "iq", "tq")), 0.05, 0.4, idx, idx_q)
   assert abs(float(got) - want) <= TOL * max(1, abs(want))
 
 
 def test_itc_gradient_flows_only_through_online_features(feats):
   f = {k: jnp.asarray(v) for k, v in feats.items()}
-  g = jax.grad(lambda i_m, i: itc_loss(i, f["t"], i_m, f["t_m"], f["iq"], f["tq"], 0.07, 0.4)[0],
-               argnums=(0, 1))(f["i_m"], f["i"])
+  g = jax.grad(lambda i_m, i: itc_loss(i, f["t"], i_m, f["t_m"], f["iq"], f["tq"], 0.07, 0.4)[0], argnums=(0, 1))(
+    f["i_m"], f["i"]
+  )
   assert float(jnp.abs(g[0]).max()) == 0.0 and float(jnp.abs(g[1]).max()) > 0
 
 
@@ -115,7 +123,8 @@ def test_local_negatives_stay_in_shard_and_avoid_positive():
   assert (np.diag(w) == 0).all() and (w[:4, 4:] == 0).all() and (w[4:, :4] == 0).all()
   assert (w[:4, :4][~np.eye(4, dtype=bool)] >= 1e-4).all()  # the +1e-4 floor
   draws = jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, mode="local", groups=2)))(
-      jax.random.split(jax.random.key(0), 500))  # (500, 2, 8)
+    jax.random.split(jax.random.key(0), 500)
+  )  # (500, 2, 8)
   rows = np.arange(8)
   assert (np.asarray(draws) != rows).all()
   assert ((np.asarray(draws) // 4) == rows // 4).all()
@@ -124,8 +133,11 @@ def test_local_negatives_stay_in_shard_and_avoid_positive():
 def test_global_negatives_never_share_an_image_id():
   idx = jnp.asarray([0, 0, 1, 2, 2, 2, 3, 4])
   sim = jnp.asarray(np.random.default_rng(4).normal(size=(8, 8)), jnp.float32)
-  draws = np.asarray(jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, mode="global", idx=idx)))(
-      jax.random.split(jax.random.key(1), 500)))
+  draws = np.asarray(
+    jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, mode="global", idx=idx)))(
+      jax.random.split(jax.random.key(1), 500)
+    )
+  )
   ids = np.asarray(idx)
   assert (ids[draws] != ids[None, None, :]).all()
 
@@ -139,8 +151,9 @@ def test_negative_frequencies_follow_weights():
   rng = np.random.default_rng(5)
   sim = jnp.asarray(rng.normal(size=(6, 6)) * 2, jnp.float32)
   n = 20000
-  draws = np.asarray(jax.vmap(lambda r: hard_negatives(r, sim, sim.T, mode="local", groups=1)[1])(
-      jax.random.split(jax.random.key(2), n)))  # negative text for each image: weights of sim (i2t)
+  draws = np.asarray(
+    jax.vmap(lambda r: hard_negatives(r, sim, sim.T, mode="local", groups=1)[1])(jax.random.split(jax.random.key(2), n))
+  )  # negative text for each image: weights of sim (i2t)
   w = np.asarray(negative_weights_local(sim, 1))
   for row in range(6):
     p = w[row] / w[row].sum()
@@ -153,6 +166,7 @@ def test_negative_frequencies_follow_weights():
 
 def test_alpha_ramp():
   from blip_jax.losses import alpha_schedule
+
   assert float(alpha_schedule(0, 100)) == 0.0
   assert abs(float(alpha_schedule(50, 100)) - 0.2) < 1e-7
-  assert abs(float(alpha_schedule(10 ** 6, 100)) - 0.4) < 1e-7
+  assert abs(float(alpha_schedule(10**6, 100)) - 0.4) < 1e-7

@@ -1,4 +1,5 @@
 """Model structure and behaviour: counts, logical axes, precision, remat, dropout, NLVR2 room."""
+
 import dataclasses
 
 import jax
@@ -6,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blip_jax.models import (Blip, BlipConfig, init_params, param_logical_axes, param_shapes, tiny,
-                             vit_b16, vit_l16)
+from blip_jax.models import Blip, BlipConfig, init_params, param_logical_axes, param_shapes, tiny, vit_b16, vit_l16
 from blip_jax.models.momentum import momentum_view
 from blip_jax.models.param_count import count, report
 
@@ -43,8 +43,11 @@ def test_every_kernel_has_logical_axes():
 @pytest.fixture(scope="module")
 def batch():
   rng = np.random.default_rng(0)
-  return (jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
-          jnp.asarray(rng.integers(1000, 2000, (2, 6))), jnp.ones((2, 6), jnp.int32))
+  return (
+    jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+    jnp.asarray(rng.integers(1000, 2000, (2, 6))),
+    jnp.ones((2, 6), jnp.int32),
+  )
 
 
 def test_bf16_compute_keeps_fp32_params_and_tracks_fp32(batch):
@@ -95,6 +98,7 @@ def test_nlvr2_two_branch_cross_attention_reduces_to_one_branch():
   """With both branches given the same weights and the same image, the averaging layers equal the
   single-branch layer; merge layers exist from cross_merge_from_layer on, with a 2D -> D kernel."""
   from blip_jax.models.med import MED
+
   base = tiny("itm").text
   twin = dataclasses.replace(base, num_cross_branches=2, cross_merge_from_layer=1)
   rng = np.random.default_rng(0)
@@ -109,8 +113,10 @@ def test_nlvr2_two_branch_cross_attention_reduces_to_one_branch():
   # single-branch params built from branch 0; layer 0 (averaging) must agree with it
   one = dataclasses.replace(base, num_layers=1)
   layer = dict(p2["layer_0"])
-  cross = {"self": cross0["self0"], "output": {"dense": cross0["output"]["dense0"],
-                                              "LayerNorm": cross0["output"]["LayerNorm"]}}
+  cross = {
+    "self": cross0["self0"],
+    "output": {"dense": cross0["output"]["dense0"], "LayerNorm": cross0["output"]["LayerNorm"]},
+  }
   layer["crossattention"] = cross
   p1 = {"embeddings": p2["embeddings"], "layer_0": layer}
   p2b = jax.tree.map(lambda x: x, p2)
@@ -123,11 +129,14 @@ def test_nlvr2_two_branch_cross_attention_reduces_to_one_branch():
   np.testing.assert_allclose(out1, out2, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, key", [
+@pytest.mark.parametrize(
+  "bad, key",
+  [
     (dict(task="nope"), "config.task"),
     (dict(vision=dataclasses.replace(vit_b16(), image_size=230)), "config.vision.image_size"),
     (dict(text_remat="sometimes"), "config.text_remat"),
-])
+  ],
+)
 def test_bad_config_names_the_key(bad, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
     BlipConfig(**bad)

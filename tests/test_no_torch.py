@@ -1,4 +1,5 @@
 """blip_jax imports, builds and runs its models with torch/transformers/safetensors unavailable."""
+
 import os
 import subprocess
 import sys

@@ -1,6 +1,7 @@
 """grain pipelines over real files: every json format and a TFDS array_record dataset into correctly
 shaped, normalised batches with the right token ids; mixtures; exact resume (threads and 2 worker
 processes); per-process sharding; bad images skipped exactly; global jax.Arrays."""
+
 import json
 import os
 
@@ -10,8 +11,7 @@ import pytest
 
 from blip_jax.data.loader import Loader, LoaderConfig, element_stream, to_global_arrays
 from blip_jax.data.preprocess import Preprocess
-from blip_jax.data.sources import make_source
-from blip_jax.data.sources import DataError, load_image
+from blip_jax.data.sources import DataError, load_image, make_source
 from blip_jax.data.text import pre_caption, pre_question
 from blip_jax.data.tokenizer import train_sentencepiece
 from blip_jax.data.transforms import eval_transform
@@ -38,8 +38,9 @@ def tok(world, tmp_path_factory):
 
 
 def _json(world, name, task):
-  return make_source({"type": "json", "ann": [str(world / "annotations" / f"{name}.json")],
-                      "image_root": str(world)}, task)
+  return make_source(
+    {"type": "json", "ann": [str(world / "annotations" / f"{name}.json")], "image_root": str(world)}, task
+  )
 
 
 def _loader(sources, task, tok, batch=4, weights=None, train=False, **kw):
@@ -47,23 +48,35 @@ def _loader(sources, task, tok, batch=4, weights=None, train=False, **kw):
   return Loader(sources, weights, Preprocess(task, tok, SIZE, train=train), cfg)
 
 
-@pytest.mark.parametrize("name, task", [("pretrain", "pretrain"), ("retrieval_train", "retrieval"),
-                                        ("retrieval_eval", "eval"), ("vqa_train", "vqa"),
-                                        ("nlvr_train", "nlvr")])
+@pytest.mark.parametrize(
+  "name, task",
+  [
+    ("pretrain", "pretrain"),
+    ("retrieval_train", "retrieval"),
+    ("retrieval_eval", "eval"),
+    ("vqa_train", "vqa"),
+    ("nlvr_train", "nlvr"),
+  ],
+)
 def test_every_json_format_to_batches(world, tok, name, task):
   src = _json(world, name, task)
   batch = next(_loader([src], task, tok))
   recs = src.records[:4]  # shuffle off: the first batch is records 0..3
-  want_images = np.stack([np.stack([eval_transform(load_image(p), SIZE) for p in src.image_paths(i)])
-                          for i in range(4)])
+  want_images = np.stack(
+    [np.stack([eval_transform(load_image(p), SIZE) for p in src.image_paths(i)]) for i in range(4)]
+  )
   got = batch["images"] if task == "nlvr" else batch["images"][:, None]
   np.testing.assert_array_equal(got, want_images)
   assert got.dtype == np.float32 and -2.5 < got.min() < 0 < got.max() < 2.5  # normalised, not [0, 255]
   if task == "eval":
     assert set(batch) == {"images", "idx"}
     return
-  texts = {"pretrain": lambda r: pre_caption(r["caption"], 30), "retrieval": lambda r: pre_caption(r["caption"], 30),
-           "vqa": lambda r: pre_question(r["question"]), "nlvr": lambda r: pre_caption(r["sentence"], 40)}[task]
+  texts = {
+    "pretrain": lambda r: pre_caption(r["caption"], 30),
+    "retrieval": lambda r: pre_caption(r["caption"], 30),
+    "vqa": lambda r: pre_question(r["question"]),
+    "nlvr": lambda r: pre_caption(r["sentence"], 40),
+  }[task]
   ids, mask = tok.encode([texts(r) for r in recs], 30)
   np.testing.assert_array_equal(batch["ids"], ids)
   np.testing.assert_array_equal(batch["mask"], mask)
@@ -104,8 +117,9 @@ def test_tfds_feature_mapping_errors(world, tmp_path):
   from blip_jax.data.tfds_source import build_from_json
 
   directory = build_from_json(str(world / "annotations" / "retrieval_train.json"), str(world), str(tmp_path))
-  bad = make_source({"type": "tfds", "directory": directory, "mapping": {"image": "image", "caption": "text"}},
-                    "retrieval")
+  bad = make_source(
+    {"type": "tfds", "directory": directory, "mapping": {"image": "image", "caption": "text"}}, "retrieval"
+  )
   with pytest.raises(DataError, match=r"record 0: feature 'text' not in the record"):
     bad[0]
   with pytest.raises(DataError, match=r"cannot open"):
@@ -134,8 +148,10 @@ def test_train_augmentation_is_a_function_of_seed_index_epoch(world, tok):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_yields_exactly_the_next_batches(world, tok, workers):
-  src = [_json(world, "pretrain", "pretrain"), make_source({"type": "synthetic", "num": 30, "image_size": 40},
-                                                          "pretrain")]
+  src = [
+    _json(world, "pretrain", "pretrain"),
+    make_source({"type": "synthetic", "num": 30, "image_size": 40}, "pretrain"),
+  ]
   kw = dict(weights=[0.6, 0.4], train=True, shuffle=True, workers=workers, batch=4)
   run = _loader(src, "pretrain", tok, **kw)
   for _ in range(3):  # k = 3 batches, then the state
@@ -167,11 +183,12 @@ def _damaged(world, tmp_path, n=20, bad=(2, 5, 9)):
     (tmp_path / r["image"]).write_bytes((world / r["image"]).read_bytes())
   data = (tmp_path / ann[bad[0]]["image"]).read_bytes()
   (tmp_path / ann[bad[0]]["image"]).write_bytes(data[: len(data) // 3])  # truncated
-  (tmp_path / ann[bad[1]]["image"]).write_bytes(b"not an image")        # corrupt
-  (tmp_path / ann[bad[2]]["image"]).unlink()                            # missing
+  (tmp_path / ann[bad[1]]["image"]).write_bytes(b"not an image")  # corrupt
+  (tmp_path / ann[bad[2]]["image"]).unlink()  # missing
   (tmp_path / "ann.json").write_text(json.dumps(ann))
-  return make_source({"type": "json", "ann": [str(tmp_path / "ann.json")], "image_root": str(tmp_path)},
-                     "retrieval"), ann
+  return make_source(
+    {"type": "json", "ann": [str(tmp_path / "ann.json")], "image_root": str(tmp_path)}, "retrieval"
+  ), ann
 
 
 def test_bad_images_skipped_exactly_and_counted(world, tok, tmp_path, caplog):

@@ -1,4 +1,5 @@
 """pos_embed resize equals torch F.interpolate(bicubic, align_corners=False)."""
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +34,7 @@ def test_chain_197_577_901_matches_torch(scale):
 def test_not_jax_cubic():
   """jax.image.resize uses a = -0.5: a different kernel, which we must not be."""
   import jax
+
   pe = np.random.default_rng(1).normal(size=(1, 197, 8)).astype(np.float32)
   ours = resize_pos_embed(pe, 577)[0, 1:].reshape(24, 24, 8)
   theirs = np.asarray(jax.image.resize(pe[0, 1:].reshape(14, 14, 8), (24, 24, 8), "cubic"))

@@ -1,5 +1,6 @@
 """Preemption: a signal on one process stops every process at the same step (the agreement the
 trainer runs before its collective save), and a signal on a single process stops it at once."""
+
 import os
 import signal
 

@@ -1,5 +1,6 @@
 """The jitted pretraining step: EMA before the momentum forward, enqueue at the pointer, validation
 before compiling, one compile for many steps, schedules."""
+
 import dataclasses
 
 import jax
@@ -23,9 +24,11 @@ def setup():
   obj = Objective(queue_size=Q, alpha_ramp_steps=4)
   tx = make_optimizer(pretrain_schedule(1e-4, 2, 10))
   rng = np.random.default_rng(0)
-  batch = {"images": jnp.asarray(rng.normal(size=(B, 32, 32, 3)), jnp.float32),
-           "ids": jnp.asarray(np.concatenate([np.full((B, 1), 101), rng.integers(1000, 1100, (B, 6))], 1)),
-           "mask": jnp.ones((B, 7), jnp.int32)}
+  batch = {
+    "images": jnp.asarray(rng.normal(size=(B, 32, 32, 3)), jnp.float32),
+    "ids": jnp.asarray(np.concatenate([np.full((B, 1), 101), rng.integers(1000, 1100, (B, 6))], 1)),
+    "mask": jnp.ones((B, 7), jnp.int32),
+  }
   step = jax.jit(make_train_step(c, obj, tx))
   state0 = init_state(c, obj, tx, jax.random.key(0))
   state1, metrics = step(state0, batch)
@@ -48,8 +51,11 @@ def test_enqueue_writes_momentum_features_of_updated_momentum_at_pointer(setup):
   mv = s1["momentum"]
   img = m.apply({"params": mv}, batch["images"], method=Blip.encode_image)
   feat_i = m.apply({"params": mv}, img, method=Blip.image_feature)
-  feat_t = m.apply({"params": mv}, m.apply({"params": mv}, batch["ids"], batch["mask"], method=Blip.encode_text),
-                   method=Blip.text_feature)
+  feat_t = m.apply(
+    {"params": mv},
+    m.apply({"params": mv}, batch["ids"], batch["mask"], method=Blip.encode_text),
+    method=Blip.text_feature,
+  )
   np.testing.assert_allclose(s1["queues"]["image"][:B], feat_i, atol=1e-6)
   np.testing.assert_allclose(s1["queues"]["text"][:B], feat_t, atol=1e-6)
   np.testing.assert_array_equal(s1["queues"]["image"][B:], s0["queues"]["image"][B:])
@@ -69,13 +75,15 @@ def test_queue_wraps_and_step_compiles_once(setup):
 def test_losses_reported_and_alpha_ramps(setup):
   *_, metrics = setup
   assert {"loss", "loss_itc", "loss_itm", "loss_lm", "temp", "alpha", "grad_norm"} <= set(metrics)
-  np.testing.assert_allclose(float(metrics["loss"]),
-                             float(metrics["loss_itc"] + metrics["loss_itm"] + metrics["loss_lm"]), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(metrics["loss"]), float(metrics["loss_itc"] + metrics["loss_itm"] + metrics["loss_lm"]), rtol=1e-6
+  )
   assert float(metrics["alpha"]) == 0.0  # step 0 of the ramp
 
 
 def _smoke(**overrides):
   from experiments import demo
+
   cfg = demo.get_config("smoke")
   for key, value in overrides.items():
     node = cfg
@@ -87,6 +95,7 @@ def _smoke(**overrides):
 
 def test_queue_not_multiple_of_global_batch_rejected_before_compiling():
   from blip_jax.train import build
+
   with pytest.raises(ValueError, match=r"config.queue_size=20 is not a multiple of the global batch 8"):
     build.experiment(_smoke(**{"objective.queue_size": 20}), 8)
   with pytest.raises(ValueError, match=r"\(micro\)batch 4 is not divisible by config.negative_groups=8"):
@@ -99,7 +108,7 @@ def test_schedules():
   np.testing.assert_allclose(float(lr(1500)), 1e-6 + (3e-4 - 1e-6) * 0.5, rtol=1e-6)
   np.testing.assert_allclose(float(lr(5000)), 3e-4, rtol=1e-6)
   np.testing.assert_allclose(float(lr(25000)), 3e-4 * 0.81, rtol=1e-6)
-  np.testing.assert_allclose(float(lr(10 ** 9)), 1e-6)  # floor
+  np.testing.assert_allclose(float(lr(10**9)), 1e-6)  # floor
   cos = finetune_cosine_schedule(1e-5, steps_per_epoch=100, epochs=6)
   np.testing.assert_allclose(float(cos(0)), 1e-5)
   np.testing.assert_allclose(float(cos(300)), 0.5e-5, rtol=1e-6)
@@ -112,13 +121,16 @@ def test_tiny_model_overfits_eight_fixed_pairs():
   carry ~22% of the initial weights after 300 steps). alpha stays 0.4, label smoothing 0.1 (whose
   floor caps the LM drop near 87%)."""
   import optax
+
   c = tiny("pretrain")
   obj = Objective(queue_size=0, momentum=0.9, alpha=0.4, alpha_ramp_steps=50)
   tx = make_optimizer(optax.constant_schedule(3e-3), weight_decay=0.0)
   rng = np.random.default_rng(0)
-  batch = {"images": jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
-           "ids": jnp.asarray(np.concatenate([np.full((8, 1), 101), rng.integers(1000, 1100, (8, 7))], 1)),
-           "mask": jnp.ones((8, 8), jnp.int32)}
+  batch = {
+    "images": jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
+    "ids": jnp.asarray(np.concatenate([np.full((8, 1), 101), rng.integers(1000, 1100, (8, 7))], 1)),
+    "mask": jnp.ones((8, 8), jnp.int32),
+  }
   step = jax.jit(make_train_step(c, obj, tx), donate_argnums=0)
   state = init_state(c, obj, tx, jax.random.key(0))
   history = []
@@ -139,9 +151,11 @@ def test_gradient_accumulation_of_identical_microbatches_equals_one_step():
   obj = Objective(queue_size=8, alpha_ramp_steps=1)
   tx = make_optimizer(pretrain_schedule(1e-3, 1, 10))
   rng = np.random.default_rng(1)
-  half = {"images": jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
-          "ids": jnp.asarray(np.concatenate([np.full((2, 1), 101), rng.integers(1000, 1100, (2, 5))], 1)),
-          "mask": jnp.ones((2, 6), jnp.int32)}
+  half = {
+    "images": jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+    "ids": jnp.asarray(np.concatenate([np.full((2, 1), 101), rng.integers(1000, 1100, (2, 5))], 1)),
+    "mask": jnp.ones((2, 6), jnp.int32),
+  }
   double = jax.tree.map(lambda x: jnp.concatenate([x, x]), half)
   s0 = init_state(c, obj, tx, jax.random.key(0))
   one, m1 = jax.jit(make_train_step(c, obj, tx))(s0, half)
@@ -155,5 +169,6 @@ def test_gradient_accumulation_of_identical_microbatches_equals_one_step():
   np.testing.assert_allclose(acc["queues"]["image"][2:4], acc["queues"]["image"][:2], atol=1e-6)
   np.testing.assert_allclose(acc["queues"]["image"][:2], one["queues"]["image"][:2], atol=1e-6)
   from blip_jax.train import build
+
   with pytest.raises(ValueError, match="config.accum_steps=3"):
     build.experiment(_smoke(accum_steps=3), 8)

@@ -1,5 +1,6 @@
 """Retrieval metrics equal a brute-force computation; the re-rank follows the reference (top-k by
 cosine, score = ITM match logit + cosine, everything else -100)."""
+
 import numpy as np
 
 from blip_jax.evaluate.retrieval import FILL, rerank_scores, retrieval_metrics

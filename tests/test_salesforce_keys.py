@@ -1,4 +1,5 @@
 """Our Salesforce exports carry exactly the official key names and shapes (ViT-B, reference sizes)."""
+
 import os
 import re
 
@@ -13,8 +14,13 @@ from blip_jax.models.momentum import momentum_view
 # Facts about the official checkpoints (every key and shape), vendored from the official models.
 REF = os.path.join(os.path.dirname(__file__), "reference", "salesforce_state_dict_keys.txt")
 # reference section title -> (our task, image size)
-SECTIONS = {"BLIP_Decoder": ("caption", 384), "BLIP_ITM": ("itm", 384), "BLIP_VQA": ("vqa", 480),
-            "BLIP_Retrieval": ("retrieval", 384), "BLIP_Pretrain": ("pretrain", 224)}
+SECTIONS = {
+  "BLIP_Decoder": ("caption", 384),
+  "BLIP_ITM": ("itm", 384),
+  "BLIP_VQA": ("vqa", 480),
+  "BLIP_Retrieval": ("retrieval", 384),
+  "BLIP_Pretrain": ("pretrain", 224),
+}
 
 
 def _reference():
@@ -59,8 +65,12 @@ def test_export_matches_official_keys_and_shapes(section, reference):
   queues = None
   if momentum is not None:
     q = 57600
-    queues = {"image": np.broadcast_to(np.float32(0), (q, 256)), "text": np.broadcast_to(np.float32(0), (q, 256)),
-              "ptr": 0, "idx": np.broadcast_to(np.int64(-100), (q,))}
+    queues = {
+      "image": np.broadcast_to(np.float32(0), (q, 256)),
+      "text": np.broadcast_to(np.float32(0), (q, 256)),
+      "ptr": 0,
+      "idx": np.broadcast_to(np.int64(-100), (q,)),
+    }
     if task == "pretrain":
       del queues["idx"]
   sd = export_state_dict(Checkpoint(config, params, momentum, queues), "salesforce")
@@ -68,11 +78,15 @@ def test_export_matches_official_keys_and_shapes(section, reference):
   assert sorted(set(got) - set(want)) == [] and sorted(set(want) - set(got)) == []
   bad = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
   assert not bad
-  assert sd.get("text_encoder.embeddings.position_ids", sd.get("text_decoder.bert.embeddings.position_ids")).dtype == np.int64
+  assert (
+    sd.get("text_encoder.embeddings.position_ids", sd.get("text_decoder.bert.embeddings.position_ids")).dtype
+    == np.int64
+  )
 
 
 def test_pretrain_shared_tensors_stored_under_both_prefixes():
   from blip_jax.models import init_params, tiny
+
   c = tiny("pretrain")
   params = jax.tree.map(np.asarray, init_params(c, jax.random.key(0)))
   queues = {"image": np.zeros((8, 16), np.float32), "text": np.zeros((8, 16), np.float32), "ptr": 0}
@@ -81,8 +95,9 @@ def test_pretrain_shared_tensors_stored_under_both_prefixes():
   np.testing.assert_array_equal(sd["text_encoder." + shared], sd["text_decoder.bert." + shared])
   own = "encoder.layer.1.attention.self.key.weight"
   assert not np.array_equal(sd["text_encoder." + own], sd["text_decoder.bert." + own])
-  np.testing.assert_array_equal(sd["text_decoder.cls.predictions.decoder.weight"],
-                                sd["text_decoder.bert.embeddings.word_embeddings.weight"])
+  np.testing.assert_array_equal(
+    sd["text_decoder.cls.predictions.decoder.weight"], sd["text_decoder.bert.embeddings.word_embeddings.weight"]
+  )
   # momentum defaults to a copy of params (the official model starts that way)
   np.testing.assert_array_equal(sd["text_encoder_m." + own], sd["text_encoder." + own])
   # and an import that finds the two copies of a shared tensor different says so

@@ -1,4 +1,5 @@
 """Encoder and decoder share every tensor except self-attention, inside one params tree."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,16 +21,20 @@ def setup():
   def outputs(p):
     m = Blip(c)
     img = m.apply({"params": p}, images, method=Blip.encode_image)
-    return {"text": m.apply({"params": p}, ids, mask, method=Blip.encode_text),
-            "multimodal": m.apply({"params": p}, ids, mask, img, method=Blip.encode_multimodal),
-            "decoder": m.apply({"params": p}, ids, mask, img, method=Blip.decode)}
+    return {
+      "text": m.apply({"params": p}, ids, mask, method=Blip.encode_text),
+      "multimodal": m.apply({"params": p}, ids, mask, img, method=Blip.encode_multimodal),
+      "decoder": m.apply({"params": p}, ids, mask, img, method=Blip.decode),
+    }
+
   return params, outputs, outputs(params)
 
 
 def _perturb(params, path):
   def f(kp, x):
     keys = tuple(k.key for k in kp)
-    return x + 0.5 if keys[:len(path)] == path else x
+    return x + 0.5 if keys[: len(path)] == path else x
+
   return jax.tree_util.tree_map_with_path(f, params)
 
 
@@ -40,13 +45,20 @@ def _changed(a, b):
 def test_one_copy_of_shared_tensors(setup):
   params, _, _ = setup
   layer = params["text"]["layer_0"]
-  assert set(layer) == {"attention", "decoder_attention", "crossattention", "intermediate", "output",
-                        "output_LayerNorm"}
+  assert set(layer) == {
+    "attention",
+    "decoder_attention",
+    "crossattention",
+    "intermediate",
+    "output",
+    "output_LayerNorm",
+  }
   assert set(params["text"]) == {"embeddings", "cls", "layer_0", "layer_1"}
 
 
-@pytest.mark.parametrize("path", [("text", "layer_1", "crossattention"), ("text", "layer_0", "intermediate"),
-                                  ("text", "embeddings")])
+@pytest.mark.parametrize(
+  "path", [("text", "layer_1", "crossattention"), ("text", "layer_0", "intermediate"), ("text", "embeddings")]
+)
 def test_perturbing_shared_tensor_changes_encoder_and_decoder(setup, path):
   params, outputs, base = setup
   out = outputs(_perturb(params, path))

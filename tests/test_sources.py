@@ -1,4 +1,5 @@
 """BLIP json sources load real files; bad input is located, skipped and counted exactly."""
+
 import json
 
 import pytest
@@ -15,9 +16,16 @@ def world(tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize("name, kind, n", [("pretrain", "pretrain", 40), ("retrieval_train", "retrieval", 40),
-                                           ("retrieval_eval", "eval", 6), ("nlvr_train", "nlvr", None),
-                                           ("vqa_train", "vqa", None)])
+@pytest.mark.parametrize(
+  "name, kind, n",
+  [
+    ("pretrain", "pretrain", 40),
+    ("retrieval_train", "retrieval", 40),
+    ("retrieval_eval", "eval", 6),
+    ("nlvr_train", "nlvr", None),
+    ("vqa_train", "vqa", None),
+  ],
+)
 def test_every_format_loads(world, name, kind, n):
   src = JsonSource([str(world / "annotations" / f"{name}.json")], str(world), kind)
   if n is not None:
@@ -36,8 +44,16 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 def test_malformed_record_located_or_skipped_and_counted(tmp_path):
   p = tmp_path / "recs.json"
-  p.write_text(json.dumps([{"image": "a.jpg", "caption": "x"}, {"image": "b.jpg"}, {"image": 3, "caption": "z"},
-                           {"image": "c.jpg", "caption": "w"}]))
+  p.write_text(
+    json.dumps(
+      [
+        {"image": "a.jpg", "caption": "x"},
+        {"image": "b.jpg"},
+        {"image": 3, "caption": "z"},
+        {"image": "c.jpg", "caption": "w"},
+      ]
+    )
+  )
   with pytest.raises(DataError, match=r"recs.json: record 1: missing key 'caption'"):
     load_annotations(str(p), "pretrain")
   recs, skipped = load_annotations(str(p), "pretrain", skip_bad_records=True)
@@ -51,9 +67,9 @@ def test_corrupt_truncated_and_missing_images_skipped_exactly(world, tmp_path):
   for r in ann:
     (root / r["image"]).write_bytes((world / r["image"]).read_bytes())
   data = (root / ann[2]["image"]).read_bytes()
-  (root / ann[2]["image"]).write_bytes(data[: len(data) // 3])      # truncated JPEG
-  (root / ann[5]["image"]).write_bytes(b"not an image at all")      # corrupt
-  (root / ann[9]["image"]).unlink()                                 # missing
+  (root / ann[2]["image"]).write_bytes(data[: len(data) // 3])  # truncated JPEG
+  (root / ann[5]["image"]).write_bytes(b"not an image at all")  # corrupt
+  (root / ann[9]["image"]).unlink()  # missing
   (root / "ann.json").write_text(json.dumps(ann))
   src = JsonSource([str(root / "ann.json")], str(root), "pretrain")
   kept, errors = [], []

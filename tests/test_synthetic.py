@@ -1,4 +1,5 @@
 """The synthetic world: deterministic, every clean caption true of its image, noise fraction exact."""
+
 import re
 
 import numpy as np
@@ -22,10 +23,18 @@ def caption_is_true(caption, objects):
   if not m:
     return False
   c1, s1, rel, c2, s2 = m.groups()
-  holds = {"left of": lambda a, b: a.col < b.col, "right of": lambda a, b: a.col > b.col,
-           "above": lambda a, b: a.row < b.row, "below": lambda a, b: a.row > b.row}[rel]
-  return any((a.color, a.shape) == (c1, s1) and (b.color, b.shape) == (c2, s2) and holds(a, b)
-             for a in objects for b in objects if a is not b)
+  holds = {
+    "left of": lambda a, b: a.col < b.col,
+    "right of": lambda a, b: a.col > b.col,
+    "above": lambda a, b: a.row < b.row,
+    "below": lambda a, b: a.row > b.row,
+  }[rel]
+  return any(
+    (a.color, a.shape) == (c1, s1) and (b.color, b.shape) == (c2, s2) and holds(a, b)
+    for a in objects
+    for b in objects
+    if a is not b
+  )
 
 
 def test_same_seed_same_examples():
@@ -96,8 +105,11 @@ def test_vqa_answers_and_nlvr_labels_are_true():
 
 def test_writer_produces_blip_json_and_jpegs(tmp_path):
   import json
+
   from PIL import Image
+
   from blip_jax.data.write_synthetic import main
+
   main(["--out", str(tmp_path), "--num", "30", "--eval", "5", "--noise", "0.2", "--image-size", "48"])
   ann = lambda name: json.loads((tmp_path / "annotations" / f"{name}.json").read_text())
   pre = ann("pretrain")

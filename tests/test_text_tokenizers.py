@@ -1,4 +1,5 @@
 """Caption/question normalisation and tokenizers (WordPiece parity with transformers, SentencePiece)."""
+
 import numpy as np
 import pytest
 
@@ -19,8 +20,32 @@ def test_pre_question():
   assert pre_question("a b c d e", max_words=3) == "a b c"
 
 
-WORDS = ["the", "cat", "sat", "on", "mat", "dog", "play", "un", "hello", "world", "cafe", "naive", "resume",
-         "a", "picture", "of", "##s", "##ing", "##believ", "##able", "##ed", "3", "14", "猫"]
+WORDS = [
+  "the",
+  "cat",
+  "sat",
+  "on",
+  "mat",
+  "dog",
+  "play",
+  "un",
+  "hello",
+  "world",
+  "cafe",
+  "naive",
+  "resume",
+  "a",
+  "picture",
+  "of",
+  "##s",
+  "##ing",
+  "##believ",
+  "##able",
+  "##ed",
+  "3",
+  "14",
+  "猫",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +57,25 @@ def vocab_file(tmp_path_factory):
   return str(path)
 
 
-TRICKY = ["Hello, world!!", "Café naïve RÉSUMÉ", "a" * 150, "", "猫 cat", "\t\n  cat  ", "unbelievable playing",
-          "3.14 cats sat on 2 mats", "🐱 dog", "the cat " * 40, "don't stop-believing", "a picture of"]
+TRICKY = [
+  "Hello, world!!",
+  "Café naïve RÉSUMÉ",
+  "a" * 150,
+  "",
+  "猫 cat",
+  "\t\n  cat  ",
+  "unbelievable playing",
+  "3.14 cats sat on 2 mats",
+  "🐱 dog",
+  "the cat " * 40,
+  "don't stop-believing",
+  "a picture of",
+]
 
 
 def test_wordpiece_ids_equal_bert_tokenizer_fast(vocab_file):
   import transformers  # a test dependency: fail, never skip, when it is missing
+
   ref = transformers.BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
   ref.add_special_tokens({"bos_token": "[DEC]"})  # exactly as the official BLIP init_tokenizer
   ref.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
@@ -78,8 +116,10 @@ def test_wordpiece_bad_vocab(tmp_path):
 def test_sentencepiece_trained_with_blip_specials(tmp_path):
   rng = np.random.default_rng(0)
   colors, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "triangle"]
-  corpus = [f"a {rng.choice(colors)} {rng.choice(shapes)} left of a {rng.choice(colors)} {rng.choice(shapes)}"
-            for _ in range(500)]
+  corpus = [
+    f"a {rng.choice(colors)} {rng.choice(shapes)} left of a {rng.choice(colors)} {rng.choice(shapes)}"
+    for _ in range(500)
+  ]
   tok = train_sentencepiece(corpus, str(tmp_path / "sp.model"), vocab_size=60)
   s = tok.special
   assert (s.pad, s.cls, s.sep, s.mask, s.dec, s.enc) == (0, 2, 3, 4, 5, 6)

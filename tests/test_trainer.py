@@ -1,6 +1,7 @@
 """The trainer end to end on the demo config's smoke variant: the real CLI, exact resume after SIGKILL,
 SIGTERM saves and exits 0, a non-finite loss stops the run and the last checkpoint continues it,
 restoring onto another mesh, and bad configs failing before compilation with the key named."""
+
 import json
 import os
 import shutil
@@ -30,10 +31,25 @@ def losses(workdir) -> dict[int, dict]:
 
 
 def cli(workdir, *overrides, wait=True):
-  cmd = [sys.executable, "-m", "blip_jax.train", "--config", "experiments/demo.py:smoke", "--workdir",
-         str(workdir), f"--config.total_steps={STEPS}", "--config.log_every=1", *overrides]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",  # one CPU device, like a laptop
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  cmd = [
+    sys.executable,
+    "-m",
+    "blip_jax.train",
+    "--config",
+    "experiments/demo.py:smoke",
+    "--workdir",
+    str(workdir),
+    f"--config.total_steps={STEPS}",
+    "--config.log_every=1",
+    *overrides,
+  ]
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="",  # one CPU device, like a laptop
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if wait:
     out, _ = p.communicate(timeout=600)
@@ -145,7 +161,9 @@ def train_and_read(cfg, wd):
   return wd
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("global_batch", 12, r"config.global_batch=12 is not divisible by the 8 data shards"),
     ("objective.queue_size", 40, r"queue_size=40 .*multiple of .*16"),
     ("model.image_size", 30, r"image_size=30 is not a multiple of .*patch_size=8"),
@@ -153,7 +171,8 @@ def train_and_read(cfg, wd):
     ("log_every", 0, r"config.log_every=0: must be >= 1"),
     ("optimizer.schedule", "linear", r"config.optimizer.schedule='linear'"),
     ("data.tokenizer", {"type": "bpe"}, r"config.data.tokenizer.type='bpe'"),
-])
+  ],
+)
 def test_bad_config_fails_before_compiling(tmp_path, devices, key, value, message):
   with pytest.raises(ValueError, match=message):
     train(_cfg(**{key: value}), str(tmp_path))
@@ -173,10 +192,29 @@ def test_caption_cli_on_the_trained_model(baseline, tmp_path):
     world[i][0].save(paths[-1])
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   for extra in (["--beams", "2"], ["--sample", "--num-samples", "2"]):
-    p = subprocess.run([sys.executable, "-m", "blip_jax.caption", "--checkpoint", str(wd / "model"),
-                        "--max-length", "10", "--min-length", "6", "--prompt", "", *extra, *paths,
-                        str(tmp_path / "missing.jpg")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "blip_jax.caption",
+        "--checkpoint",
+        str(wd / "model"),
+        "--max-length",
+        "10",
+        "--min-length",
+        "6",
+        "--prompt",
+        "",
+        *extra,
+        *paths,
+        str(tmp_path / "missing.jpg"),
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert p.returncode == 1, p.stderr  # 1: one image could not be read
     assert "missing.jpg: image not found" in p.stderr
     lines = p.stdout.strip().split("\n")

@@ -1,5 +1,6 @@
 """Transforms agree with a straightforward numpy/PIL implementation for fixed draws, and draws are a
 pure function of (seed, index, epoch)."""
+
 import math
 
 import numpy as np
@@ -73,9 +74,11 @@ def test_draws_are_a_function_of_seed_index_epoch(image):
   a = T.train_transform(image, 32, seed=3, index=7, epoch=2)
   b = T.train_transform(image, 32, seed=3, index=7, epoch=2)
   np.testing.assert_array_equal(a, b)
-  others = [T.train_transform(image, 32, seed=3, index=7, epoch=3),
-            T.train_transform(image, 32, seed=3, index=8, epoch=2),
-            T.train_transform(image, 32, seed=4, index=7, epoch=2)]
+  others = [
+    T.train_transform(image, 32, seed=3, index=7, epoch=3),
+    T.train_transform(image, 32, seed=3, index=8, epoch=2),
+    T.train_transform(image, 32, seed=4, index=7, epoch=2),
+  ]
   assert all(not np.array_equal(a, o) for o in others)
 
 

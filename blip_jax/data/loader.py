@@ -9,6 +9,7 @@ checkpoint) yields exactly the batches the interrupted one would have. With work
 worker batches its own slice of the element stream, so `workers=0` and `workers=2` give different
 (each deterministic and resumable) batch orders.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,13 @@ class _SkipBad(grain.IterDataset):
     return _SkipBadIterator(self._parent.__iter__())
 
 
-def element_stream(lengths: Sequence[int], weights: Sequence[float] | None, seed: int, shuffle: bool = True,
-                   num_epochs: int | None = None) -> grain.MapDataset:
+def element_stream(
+  lengths: Sequence[int],
+  weights: Sequence[float] | None,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+) -> grain.MapDataset:
   """(source, index, epoch) triples: each source shuffled afresh every epoch and repeated
   (num_epochs=None: forever), then mixed with the given weights."""
   streams = []
@@ -117,8 +123,15 @@ class Loader:
   `state()` -> a json-able dict; `restore(state)`; `grain_iterator` is what grain's orbax handlers
   save. `skipped` / `seen` count examples dropped and examined in this process's stream."""
 
-  def __init__(self, sources: Sequence[Any], weights: Sequence[float] | None, preprocess: Preprocess,
-               config: LoaderConfig, process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    sources: Sequence[Any],
+    weights: Sequence[float] | None,
+    preprocess: Preprocess,
+    config: LoaderConfig,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if config.batch_size < 1:
       raise ValueError(f"batch_size={config.batch_size}: must be >= 1")
     if weights is not None and (len(weights) != len(sources) or min(weights) <= 0):
@@ -128,14 +141,16 @@ class Loader:
     if process_count > 1:  # each process reads a disjoint slice of the same global stream
       ds = ds[process_index::process_count]
     ds = ds.map(_Load(sources, preprocess, config.seed))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=
-                                              max(config.threads, config.batch_size)))
+    it = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=max(config.threads, config.batch_size))
+    )
     it = _SkipBad(it)
     it = it.batch(config.batch_size, drop_remainder=config.drop_remainder)
     if config.workers > 0:
       _absl_flags_parsed()
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers,
-                                                        per_worker_buffer_size=config.prefetch))
+      it = it.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=config.workers, per_worker_buffer_size=config.prefetch)
+      )
     self.dataset = it
     self.grain_iterator = iter(it)
     self.seen = self.skipped = 0
@@ -151,8 +166,10 @@ class Loader:
     self.skipped += skipped
     c = self.config
     if self.seen >= c.min_seen and self.skipped > c.max_skip_fraction * self.seen:
-      raise DataError(f"{self.skipped} of {self.seen} examples skipped ({self.skipped / self.seen:.1%} > "
-                      f"max_skip_fraction {c.max_skip_fraction:.1%}); the log names the files")
+      raise DataError(
+        f"{self.skipped} of {self.seen} examples skipped ({self.skipped / self.seen:.1%} > "
+        f"max_skip_fraction {c.max_skip_fraction:.1%}); the log names the files"
+      )
     return batch
 
   def state(self) -> dict:
@@ -182,4 +199,3 @@ def to_global_arrays(batch: dict, sharding) -> dict:
   import jax
 
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-

@@ -1,5 +1,6 @@
 """Per-example preprocessing: a record of any BLIP format -> the arrays a task's step reads (decode,
 BLIP augmentation, text cleaning, tokenisation, VQA answer weights, the NLVR2 left/right swap)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class Preprocess:
     eval: images, idx                          vqa: images, ids, mask (question), answer_ids (A, La),
     answer_mask (A, La), answer_weight (A,)    nlvr: images (2, S, S, 3), ids, mask, label ()
   idx is the record's image_id where it has one (multi-positive ITC), else the source index."""
+
   fmt: str  # a key of data.sources.RECORD_FORMATS
   tokenizer: Tokenizer
   image_size: int
@@ -42,8 +44,7 @@ class Preprocess:
       return eval_transform(img, self.image_size)
     draw = sample_train(rng, img.height, img.width, self.scale)  # same draws whatever is switched off
     if not self.flip or not self.randaug:
-      draw = dataclasses.replace(draw, flip=draw.flip and self.flip,
-                                 augments=draw.augments if self.randaug else ())
+      draw = dataclasses.replace(draw, flip=draw.flip and self.flip, augments=draw.augments if self.randaug else ())
     return apply_train(img, draw, self.image_size)
 
   def text(self, text: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ or, with skip_bad_records=True, is dropped and counted (`skipped_records`). Imag
 `load_image`, whose failures raise BadExample naming the file; the loader (data.loader) counts and
 skips those, with a threshold.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,20 @@ from PIL import Image, UnidentifiedImageError
 
 # The record formats (their required keys); `TASK_FORMAT` says which one each model task trains on.
 RECORD_FORMATS = {
-    "pretrain": {"image": str, "caption": str},
-    "retrieval": {"image": str, "caption": str, "image_id": (int, str)},
-    "eval": {"image": str, "caption": list},
-    "vqa": {"image": str, "question": str},
-    "nlvr": {"images": list, "sentence": str, "label": (bool, int, str)},
+  "pretrain": {"image": str, "caption": str},
+  "retrieval": {"image": str, "caption": str, "image_id": (int, str)},
+  "eval": {"image": str, "caption": list},
+  "vqa": {"image": str, "question": str},
+  "nlvr": {"images": list, "sentence": str, "label": (bool, int, str)},
 }
-TASK_FORMAT = {"pretrain": "pretrain", "retrieval": "retrieval", "itm": "retrieval", "caption": "retrieval",
-               "vqa": "vqa", "nlvr": "nlvr"}
+TASK_FORMAT = {
+  "pretrain": "pretrain",
+  "retrieval": "retrieval",
+  "itm": "retrieval",
+  "caption": "retrieval",
+  "vqa": "vqa",
+  "nlvr": "nlvr",
+}
 
 
 class DataError(ValueError):
@@ -117,13 +124,13 @@ class JsonSource:
 class SyntheticSource:
   """The synthetic world as BLIP records: caption (possibly noisy), image_id, clean."""
 
-  def __init__(self, num: int, seed: int = 0, noise: float = 0.0, image_size: int = 96,
-               offset: int = 0):
+  def __init__(self, num: int, seed: int = 0, noise: float = 0.0, image_size: int = 96, offset: int = 0):
     from blip_jax.data.synthetic import SyntheticWorld
 
     self.offset = offset  # a held-out range: examples [offset, offset + num) of a larger world
-    self.world = SyntheticWorld(offset + num, seed=seed, noise=noise, image_size=image_size,
-                                noisy_prefix=offset + num if offset == 0 else offset)
+    self.world = SyntheticWorld(
+      offset + num, seed=seed, noise=noise, image_size=image_size, noisy_prefix=offset + num if offset == 0 else offset
+    )
     self.num = num
 
   def __len__(self) -> int:
@@ -131,8 +138,13 @@ class SyntheticSource:
 
   def __getitem__(self, i: int) -> dict:
     img, ex = self.world[self.offset + i]
-    return {"pil": [img], "caption": ex.caption, "image_id": self.offset + i, "clean": ex.clean,
-            "true_caption": ex.true_caption}
+    return {
+      "pil": [img],
+      "caption": ex.caption,
+      "image_id": self.offset + i,
+      "clean": ex.clean,
+      "true_caption": ex.true_caption,
+    }
 
 
 def make_source(spec: dict, fmt: str):
@@ -148,10 +160,12 @@ def make_source(spec: dict, fmt: str):
   spec.pop("weight", None)
   try:
     if kind == "json":
-      return JsonSource(list(spec.pop("ann")), spec.pop("image_root"), fmt,
-                        skip_bad_records=spec.pop("skip_bad_records", False), **spec)
+      return JsonSource(
+        list(spec.pop("ann")), spec.pop("image_root"), fmt, skip_bad_records=spec.pop("skip_bad_records", False), **spec
+      )
     if kind == "tfds":
       from blip_jax.data.tfds_source import TfdsSource
+
       return TfdsSource(**spec)
     if kind == "synthetic":
       return SyntheticSource(**spec)

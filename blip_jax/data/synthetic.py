@@ -2,10 +2,12 @@
 
 Example i is a pure function of (seed, i): 1-3 objects (colour, shape) in distinct cells of a 3x3 grid,
 rendered with PIL, and a caption generated from that metadata ("a red circle left of a blue square",
-"two green triangles", ...), VQA questions about it and NLVR2 statements about two scenes. With `noise > 0`, exactly round(noise * N) examples (a seeded permutation)
-get their caption replaced the way web alt-text is wrong: another scene's caption (mismatched) or a
-word-shuffled / word-dropped one (corrupted). `clean` records which pairs are untouched.
+"two green triangles", ...), VQA questions about it and NLVR2 statements about two scenes. With
+`noise > 0`, exactly round(noise * N) examples (a seeded permutation) get their caption replaced the
+way web alt-text is wrong: another scene's caption (mismatched) or a word-shuffled / word-dropped one
+(corrupted). `clean` records which pairs are untouched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +15,14 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
-          "purple": (140, 60, 170), "orange": (240, 140, 30)}
+COLORS = {
+  "red": (220, 40, 40),
+  "green": (40, 170, 60),
+  "blue": (40, 80, 220),
+  "yellow": (230, 210, 40),
+  "purple": (140, 60, 170),
+  "orange": (240, 140, 30),
+}
 SHAPES = ("circle", "square", "triangle")
 NUMBERS = {2: "two", 3: "three"}
 BACKGROUND = (235, 235, 235)
@@ -43,8 +51,7 @@ def sample_scene(rng: np.random.Generator) -> tuple[Obj, ...]:
   if n > 1 and rng.random() < 0.3:  # a repeated object, for counting captions
     color, shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
     return tuple(Obj(color, shape, int(c) // 3, int(c) % 3) for c in cells)
-  return tuple(Obj(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), int(c) // 3, int(c) % 3)
-               for c in cells)
+  return tuple(Obj(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), int(c) // 3, int(c) % 3) for c in cells)
 
 
 def describe(objects: tuple[Obj, ...], rng: np.random.Generator) -> str:
@@ -83,8 +90,9 @@ def render(objects: tuple[Obj, ...], size: int = 96) -> Image.Image:
 class SyntheticWorld:
   """Random-access source: len() and [i] -> (PIL image, Example)."""
 
-  def __init__(self, num_examples: int, seed: int = 0, noise: float = 0.0, image_size: int = 96,
-               noisy_prefix: int | None = None):
+  def __init__(
+    self, num_examples: int, seed: int = 0, noise: float = 0.0, image_size: int = 96, noisy_prefix: int | None = None
+  ):
     """noisy_prefix: only examples [0, noisy_prefix) can be noisy (held-out tails stay clean);
     exactly round(noise * noisy_prefix) of them are."""
     if not 0.0 <= noise <= 1.0:
@@ -127,9 +135,10 @@ class SyntheticWorld:
     shape = str(rng.choice(SHAPES))
     color = str(rng.choice(list(COLORS)))
     n = sum(o.shape == shape for o in objects)
-    qa = [(f"how many {shape}s are there?", str(n)),
-          (f"is there a {color} {shape}?",
-           "yes" if any((o.color, o.shape) == (color, shape) for o in objects) else "no")]
+    qa = [
+      (f"how many {shape}s are there?", str(n)),
+      (f"is there a {color} {shape}?", "yes" if any((o.color, o.shape) == (color, shape) for o in objects) else "no"),
+    ]
     unique = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
     if unique:
       o = unique[int(rng.integers(len(unique)))]

@@ -1,4 +1,5 @@
 """BLIP's caption and question normalisation (reference section 3; official data/utils.py)."""
+
 from __future__ import annotations
 
 import re

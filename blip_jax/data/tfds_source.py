@@ -8,6 +8,7 @@ A TFDS record is mapped onto BLIP's record fields by a small feature mapping, e.
 A path naming a list of strings (coco's five captions) gives the training pipeline one caption per
 (example, epoch), drawn from the example's rng, and the evaluators all of them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,8 @@ from PIL import Image
 from blip_jax.data.sources import BadExample, DataError, load_annotations
 
 MAPPINGS = {  # well-known datasets; anything else passes its own mapping
-    "coco_captions": {"image": "image", "caption": "captions/text", "image_id": "image/id"},
-    "blip_captions": {"image": "image", "caption": "caption", "image_id": "image_id"},
+  "coco_captions": {"image": "image", "caption": "captions/text", "image_id": "image/id"},
+  "blip_captions": {"image": "image", "caption": "caption", "image_id": "image_id"},
 }
 
 
@@ -47,8 +48,14 @@ class TfdsSource:
   """Random access over a prepared TFDS split: a registered name (`tfds.data_source`) or a dataset
   directory (`builder_from_directory`). Records come out as BLIP records with decoded images ("pil")."""
 
-  def __init__(self, name: str | None = None, split: str = "train", data_dir: str | None = None,
-               directory: str | None = None, mapping: dict | None = None):
+  def __init__(
+    self,
+    name: str | None = None,
+    split: str = "train",
+    data_dir: str | None = None,
+    directory: str | None = None,
+    mapping: dict | None = None,
+  ):
     import tensorflow_datasets as tfds
 
     if (name is None) == (directory is None):
@@ -64,11 +71,13 @@ class TfdsSource:
           builder_class()  # registers it
         self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many kinds; say which dataset and why
-      raise DataError(f"{self.where}: cannot open ({type(e).__name__}: {e}). Is it prepared with "
-                      f"file_format='array_record'?") from None
+      raise DataError(
+        f"{self.where}: cannot open ({type(e).__name__}: {e}). Is it prepared with file_format='array_record'?"
+      ) from None
     if mapping is None and name not in MAPPINGS:
-      raise ValueError(f"{self.where}: no feature mapping known for {name!r}; pass mapping="
-                       "{'image': ..., 'caption': ...}")
+      raise ValueError(
+        f"{self.where}: no feature mapping known for {name!r}; pass mapping={{'image': ..., 'caption': ...}}"
+      )
     self.mapping = dict(mapping or MAPPINGS[name])
     if "image" not in self.mapping:
       raise ValueError(f"{self.where}: mapping {self.mapping} must name the 'image' feature")
@@ -105,18 +114,27 @@ def builder_class():
 
   class BlipCaptions(tfds.core.GeneratorBasedBuilder):
     """Image-caption pairs from a BLIP annotation json (pretrain or retrieval format)."""
+
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "From a BLIP json."}
 
-    def __init__(self, *, ann_file: str | None = None, image_root: str | None = None, kind: str = "retrieval",
-                 **kwargs):
+    def __init__(
+      self, *, ann_file: str | None = None, image_root: str | None = None, kind: str = "retrieval", **kwargs
+    ):
       self._ann = (ann_file, image_root, kind)
       super().__init__(**kwargs)
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-          "caption": tfds.features.Text(), "image_id": np.int64}))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "caption": tfds.features.Text(),
+            "image_id": np.int64,
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
       return {"train": self._generate_examples()}
@@ -132,8 +150,7 @@ def builder_class():
           raise DataError(f"{ann_file}: record {i}: image {path} not found")
         # image ids may be strings in BLIP jsons; tfds wants one type, so keep the record index then
         image_id = rec.get("image_id", i)
-        yield i, {"image": path, "caption": rec["caption"],
-                  "image_id": image_id if isinstance(image_id, int) else i}
+        yield i, {"image": path, "caption": rec["caption"], "image_id": image_id if isinstance(image_id, int) else i}
 
   return BlipCaptions
 
@@ -143,7 +160,8 @@ def build_from_json(ann_file: str, image_root: str, data_dir: str, kind: str = "
   `blip_captions` under data_dir (train split). Returns the dataset directory."""
   import tensorflow_datasets as tfds
 
-  builder = builder_class()(ann_file=ann_file, image_root=image_root, kind=kind, data_dir=data_dir,
-                            file_format="array_record")
+  builder = builder_class()(
+    ann_file=ann_file, image_root=image_root, kind=kind, data_dir=data_dir, file_format="array_record"
+  )
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder.data_dir

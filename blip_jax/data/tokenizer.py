@@ -4,6 +4,7 @@
 Both emit `[CLS] ... [SEP]` with padding/truncation to a fixed length; the models overwrite [CLS]
 with [ENC] / [DEC] for the image-grounded modes (reference section 3).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ class SpecialIds:
 
 class Tokenizer:
   """Common interface. `encode` -> (ids (B, L) int32, mask (B, L) int32)."""
+
   special: SpecialIds
   vocab_size: int
 
@@ -58,7 +60,8 @@ class WordPieceTokenizer(Tokenizer):
   code adds them (ids 30522 and 30523 for the real 30522-entry vocab)."""
 
   def __init__(self, vocab_file: str, lowercase: bool = True):
-    from tokenizers import Tokenizer as _Tok, models, normalizers, pre_tokenizers, decoders
+    from tokenizers import Tokenizer as _Tok
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
 
     if not os.path.exists(vocab_file):
       raise FileNotFoundError(f"WordPiece vocab not found: {vocab_file}")
@@ -70,15 +73,22 @@ class WordPieceTokenizer(Tokenizer):
     if missing:
       raise ValueError(f"{vocab_file}: missing special tokens {missing}")
     tok = _Tok(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens(["[DEC]", "[ENC]"])
     self._tok = tok
     self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    self.special = SpecialIds(pad=vocab["[PAD]"], cls=vocab["[CLS]"], sep=vocab["[SEP]"],
-                              mask=vocab["[MASK]"], dec=tok.token_to_id("[DEC]"), enc=tok.token_to_id("[ENC]"))
+    self.special = SpecialIds(
+      pad=vocab["[PAD]"],
+      cls=vocab["[CLS]"],
+      sep=vocab["[SEP]"],
+      mask=vocab["[MASK]"],
+      dec=tok.token_to_id("[DEC]"),
+      enc=tok.token_to_id("[ENC]"),
+    )
 
   def tokenize_ids(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -101,8 +111,9 @@ class SentencePieceTokenizer(Tokenizer):
     if ids["[PAD]"] != 0 or ids["[UNK]"] != 1 or any(self._sp.id_to_piece(i) != t for t, i in ids.items()):
       raise ValueError(f"{model_file}: not trained by train_sentencepiece (special tokens misplaced)")
     self.vocab_size = self._sp.get_piece_size()
-    self.special = SpecialIds(pad=0, cls=ids["[CLS]"], sep=ids["[SEP]"], mask=ids["[MASK]"],
-                              dec=ids["[DEC]"], enc=ids["[ENC]"])
+    self.special = SpecialIds(
+      pad=0, cls=ids["[CLS]"], sep=ids["[SEP]"], mask=ids["[MASK]"], dec=ids["[DEC]"], enc=ids["[ENC]"]
+    )
 
   def tokenize_ids(self, text: str) -> list[int]:
     return self._sp.encode(text.lower())
@@ -118,10 +129,21 @@ def train_sentencepiece(texts: Iterable[str], model_file: str, vocab_size: int =
 
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=(t.lower() for t in texts), model_writer=buf, vocab_size=vocab_size,
-      model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
-      user_defined_symbols=["[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"], hard_vocab_limit=False,
-      num_threads=1, minloglevel=2)  # one thread: the same corpus always gives the same model
+    sentence_iterator=(t.lower() for t in texts),
+    model_writer=buf,
+    vocab_size=vocab_size,
+    model_type="unigram",
+    pad_id=0,
+    unk_id=1,
+    bos_id=-1,
+    eos_id=-1,
+    pad_piece="[PAD]",
+    unk_piece="[UNK]",
+    user_defined_symbols=["[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"],
+    hard_vocab_limit=False,
+    num_threads=1,
+    minloglevel=2,
+  )  # one thread: the same corpus always gives the same model
   with open(model_file, "wb") as f:
     f.write(buf.getvalue())
   return SentencePieceTokenizer(model_file)

@@ -9,6 +9,7 @@ each applied with p=0.5; at M=5 brightness/sharpness factors are 1.0, shear +-0.
 rotate +-15 deg, fill 128. The official code uses OpenCV; we use PIL (nearest-neighbour affine warps),
 so interpolation at non-integer offsets differs slightly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,18 @@ from PIL import Image, ImageEnhance, ImageOps
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-AUGMENTS = ("Identity", "AutoContrast", "Brightness", "Sharpness", "Equalize", "ShearX", "ShearY",
-            "TranslateX", "TranslateY", "Rotate")
+AUGMENTS = (
+  "Identity",
+  "AutoContrast",
+  "Brightness",
+  "Sharpness",
+  "Equalize",
+  "ShearX",
+  "ShearY",
+  "TranslateX",
+  "TranslateY",
+  "Rotate",
+)
 FILL = (128, 128, 128)
 
 
@@ -57,8 +68,9 @@ class TrainDraw:
   augments: tuple[tuple[str, bool, float], ...]  # (op, applied, signed magnitude)
 
 
-def sample_train(rng, height: int, width: int, scale=(0.2, 1.0), randaug_n: int = 2, randaug_m: int = 5,
-                 augments=AUGMENTS) -> TrainDraw:
+def sample_train(
+  rng, height: int, width: int, scale=(0.2, 1.0), randaug_n: int = 2, randaug_m: int = 5, augments=AUGMENTS
+) -> TrainDraw:
   crop = sample_resized_crop(rng, height, width, scale)
   flip = bool(rng.random() < 0.5)
   ops = []
@@ -123,8 +135,7 @@ def apply_train(img: Image.Image, draw: TrainDraw, size: int) -> np.ndarray:
   return normalize(img)
 
 
-def train_transform(img: Image.Image, size: int, seed: int, index: int, epoch: int,
-                    scale=(0.2, 1.0)) -> np.ndarray:
+def train_transform(img: Image.Image, size: int, seed: int, index: int, epoch: int, scale=(0.2, 1.0)) -> np.ndarray:
   """The whole training transform of example `index` in `epoch` (scale 0.2 pretrain, 0.5 fine-tune)."""
   rng = example_rng(seed, index, epoch)
   return apply_train(img, sample_train(rng, img.height, img.width, scale), size)

@@ -12,6 +12,7 @@ DIR/images/NNNNNN.jpg and, in DIR/annotations/:
 Image paths are relative to DIR. Unless --no-tfds, pretrain.json is also written as the array_record
 TFDS dataset DIR/tfds/blip_captions/1.0.0 (read it with TfdsSource(directory=...)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ def write(out: str, num: int, num_eval: int, noise: float, seed: int, image_size
       ann["vqa_train"].append({"image": rel, "question": q, "answer": [a], "dataset": "synthetic"})
     left, right, sentence, label = world.nlvr(i)
     if right < num:
-      ann["nlvr_train"].append({"images": [rel, f"images/{right:06d}.jpg"], "sentence": sentence,
-                                "label": bool(label)})
+      ann["nlvr_train"].append({"images": [rel, f"images/{right:06d}.jpg"], "sentence": sentence, "label": bool(label)})
   for name, records in ann.items():
     with open(os.path.join(out, "annotations", f"{name}.json"), "w") as f:
       json.dump(records, f)
@@ -62,8 +62,9 @@ def main(argv=None) -> None:
   if not a.no_tfds:
     from blip_jax.data.tfds_source import build_from_json
 
-    path = build_from_json(os.path.join(a.out, "annotations", "pretrain.json"), a.out,
-                           os.path.join(a.out, "tfds"), kind="pretrain")
+    path = build_from_json(
+      os.path.join(a.out, "annotations", "pretrain.json"), a.out, os.path.join(a.out, "tfds"), kind="pretrain"
+    )
     print(f"wrote the TFDS array_record dataset {path}")
 
 

@@ -10,6 +10,7 @@
 devices while the bookkeeping stays plain numpy. `recall_at` is the metric of the zero-shot ITC
 evaluation the trainer runs during pretraining (blip_jax.train.zero_shot).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -38,8 +39,9 @@ def rerank_scores(sim: np.ndarray, k: int, itm: Callable[[np.ndarray, np.ndarray
   return i2t, t2i
 
 
-def retrieval_metrics(score_i2t: np.ndarray, score_t2i: np.ndarray, txt2img: np.ndarray,
-                      img2txt: list[list[int]]) -> dict:
+def retrieval_metrics(
+  score_i2t: np.ndarray, score_t2i: np.ndarray, txt2img: np.ndarray, img2txt: list[list[int]]
+) -> dict:
   """TR/IR @1/5/10 (percent) and their means, as the official `itm_eval`.
 
   txt2img: (T,) image of each text; img2txt: for each image, the indices of its texts."""

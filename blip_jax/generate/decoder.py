@@ -3,6 +3,7 @@ per row, through its own layers (`MED.cross_kv`, `MED.decode_step`), so training
 one implementation of the text transformer. Functions of the `params["text"]` subtree, so the
 decoding loop carries plain arrays: cache (L, N, T, H, Dh) x 2 and cross K/V per layer (N, H, Lk, Dh).
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,5 +31,4 @@ def init_cache(cfg: TextConfig, n: int, max_length: int, dtype=jnp.float32):
 
 def step(text_params: dict, cfg: TextConfig, tokens: jax.Array, pos: jax.Array, cache, cross):
   """Next-token logits (N, V) float32 and the updated cache (MED.decode_step)."""
-  return _med(text_params, cfg).apply({"params": text_params}, tokens, pos, cache, cross,
-                                      method=MED.decode_step)
+  return _med(text_params, cfg).apply({"params": text_params}, tokens, pos, cache, cross, method=MED.decode_step)

@@ -12,6 +12,7 @@ beam can beat the finished ones (HF's early_stopping=False heuristic).
 All functions take image tokens (B, Lk, Dv) and return (ids (B, max_length) int32, lengths (B,)):
 positions past a sequence's end hold `fill` ([PAD] for greedy/sampling, as HF).
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,19 +54,44 @@ def _min_length(scores, cur_len, min_length: int, eos: int):
   return jnp.where((cur_len < min_length) & (jnp.arange(scores.shape[-1]) == eos)[None], -jnp.inf, scores)
 
 
-def greedy(params, cfg: TextConfig, image_embeds, prompt=(), *, max_length=20, min_length=0,
-           repetition_penalty: float = 1.0):
+def greedy(
+  params, cfg: TextConfig, image_embeds, prompt=(), *, max_length=20, min_length=0, repetition_penalty: float = 1.0
+):
   """Greedy decoding. See module docstring for the conventions."""
-  return _sample_loop(params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), None, max_length,
-                      min_length, repetition_penalty, None)
+  return _sample_loop(
+    params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), None, max_length, min_length, repetition_penalty, None
+  )
 
 
-def sample(params, cfg: TextConfig, image_embeds, rng, prompt=(), *, num_samples=1, max_length=20,
-           min_length=0, top_p=0.9, top_k=50, temperature=1.0, repetition_penalty: float = 1.0):
+def sample(
+  params,
+  cfg: TextConfig,
+  image_embeds,
+  rng,
+  prompt=(),
+  *,
+  num_samples=1,
+  max_length=20,
+  min_length=0,
+  top_p=0.9,
+  top_k=50,
+  temperature=1.0,
+  repetition_penalty: float = 1.0,
+):
   """Nucleus sampling: num_samples captions per image -> (B * num_samples, max_length) rows grouped by
   image. The kept set is the smallest top-probability set with mass >= top_p, within the top_k."""
-  return _sample_loop(params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), rng, max_length, min_length,
-                      repetition_penalty, (top_p, top_k, temperature), group=num_samples)
+  return _sample_loop(
+    params,
+    cfg,
+    image_embeds,
+    jnp.asarray(prompt, jnp.int32),
+    rng,
+    max_length,
+    min_length,
+    repetition_penalty,
+    (top_p, top_k, temperature),
+    group=num_samples,
+  )
 
 
 def nucleus_filter(logits, top_p: float, top_k: int, temperature: float):
@@ -102,8 +128,9 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
 
   def body(s):
     cur = s["len"]
-    logits, cache = decoder.step(tp, cfg, jax.lax.dynamic_index_in_dim(s["seq"], cur - 1, 1, False), cur - 1,
-                                 s["cache"], cross)
+    logits, cache = decoder.step(
+      tp, cfg, jax.lax.dynamic_index_in_dim(s["seq"], cur - 1, 1, False), cur - 1, s["cache"], cross
+    )
     logits = apply_repetition_penalty(logits, s["seq"], cur, penalty)
     logits = _min_length(logits, cur, min_length, eos)
     if nucleus is None:
@@ -116,13 +143,32 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
     lengths = jnp.where(s["done"], s["lengths"], cur + 1)
     return {"seq": seq, "cache": cache, "len": cur + 1, "done": s["done"] | (nxt == eos), "lengths": lengths}
 
-  s = jax.lax.while_loop(cond, body, {"seq": seq, "cache": cache, "len": jnp.int32(p_len),
-                                      "done": jnp.zeros((n,), bool), "lengths": jnp.full((n,), p_len, jnp.int32)})
+  s = jax.lax.while_loop(
+    cond,
+    body,
+    {
+      "seq": seq,
+      "cache": cache,
+      "len": jnp.int32(p_len),
+      "done": jnp.zeros((n,), bool),
+      "lengths": jnp.full((n,), p_len, jnp.int32),
+    },
+  )
   return s["seq"], s["lengths"]
 
 
-def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3, max_length=20, min_length=0,
-                length_penalty=1.0, repetition_penalty: float = 1.0):
+def beam_search(
+  params,
+  cfg: TextConfig,
+  image_embeds,
+  prompt=(),
+  *,
+  num_beams=3,
+  max_length=20,
+  min_length=0,
+  length_penalty=1.0,
+  repetition_penalty: float = 1.0,
+):
   """Beam search (HF semantics, early_stopping=False). Returns the best hypothesis per image."""
   tp = params["text"]
   b, k = image_embeds.shape[0], num_beams
@@ -146,8 +192,9 @@ def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3
   def body(s):
     cur = s["len"]
     flat = s["running"].reshape(b * k, max_length)
-    logits, cache = decoder.step(tp, cfg, jax.lax.dynamic_index_in_dim(flat, cur - 1, 1, False), cur - 1,
-                                 s["cache"], cross)
+    logits, cache = decoder.step(
+      tp, cfg, jax.lax.dynamic_index_in_dim(flat, cur - 1, 1, False), cur - 1, s["cache"], cross
+    )
     logp = jax.nn.log_softmax(logits, -1)
     logp = apply_repetition_penalty(logp, flat, cur, repetition_penalty)
     logp = _min_length(logp, cur, min_length, eos)
@@ -179,20 +226,37 @@ def beam_search(params, cfg: TextConfig, image_embeds, prompt=(), *, num_beams=3
     worst = jnp.where(finished, jnp.min(scores, 1, keepdims=True), NEG)
     unsat = s["unsat"] & jnp.any(best_possible > worst, -1, keepdims=True)
     go = jnp.any(unsat) & ~jnp.all(hits)
-    return {"running": running, "running_scores": running_scores, "seqs": seqs, "scores": scores,
-            "finished": finished, "lengths": lengths, "unsat": unsat, "cache": cache, "len": cur, "go": go}
+    return {
+      "running": running,
+      "running_scores": running_scores,
+      "seqs": seqs,
+      "scores": scores,
+      "finished": finished,
+      "lengths": lengths,
+      "unsat": unsat,
+      "cache": cache,
+      "len": cur,
+      "go": go,
+    }
 
-  init = {"running": seq, "running_scores": jnp.zeros((b, k)).at[:, 1:].set(NEG), "seqs": seq,
-          "scores": jnp.full((b, k), NEG), "finished": jnp.zeros((b, k), bool),
-          "lengths": jnp.full((b, k), p_len, jnp.int32), "unsat": jnp.ones((b, 1), bool), "cache": cache,
-          "len": jnp.int32(p_len), "go": jnp.bool_(True)}
+  init = {
+    "running": seq,
+    "running_scores": jnp.zeros((b, k)).at[:, 1:].set(NEG),
+    "seqs": seq,
+    "scores": jnp.full((b, k), NEG),
+    "finished": jnp.zeros((b, k), bool),
+    "lengths": jnp.full((b, k), p_len, jnp.int32),
+    "unsat": jnp.ones((b, 1), bool),
+    "cache": cache,
+    "len": jnp.int32(p_len),
+    "go": jnp.bool_(True),
+  }
   s = jax.lax.while_loop(cond, body, init)
   return s["seqs"][:, 0], s["lengths"][:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "method", "options"))
-def generate(params, cfg: TextConfig, image_embeds, prompt, rng=None, *, method: str = "beam",
-             options: tuple = ()):
+def generate(params, cfg: TextConfig, image_embeds, prompt, rng=None, *, method: str = "beam", options: tuple = ()):
   """Jitted entry: method "greedy" | "beam" | "sample", options as a tuple of (name, value) pairs."""
   kw = dict(options)
   if method == "greedy":

@@ -1,5 +1,6 @@
 """What an import returns and an export takes, the one error bad checkpoints raise, and the strict
 match of a params tree against the shapes a model expects."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class Checkpoint:
   notes: what the import filled in, resized or dropped, for the user to see.
   tokenizer: the tokenizer found beside the checkpoint by `interop.load` (None: not looked up / none).
   """
+
   config: BlipConfig
   params: dict[str, Any]
   momentum_params: dict[str, Any] | None = None
@@ -31,14 +33,18 @@ class Checkpoint:
 class CheckpointError(ValueError):
   """A checkpoint that does not fit the requested model: every offending key named at once."""
 
-  def __init__(self, source: str, problem: str, *, missing=(), unexpected=(), mismatched=(),
-               inconsistent=(), hint: str = ""):
+  def __init__(
+    self, source: str, problem: str, *, missing=(), unexpected=(), mismatched=(), inconsistent=(), hint: str = ""
+  ):
     self.source, self.missing, self.unexpected = source, list(missing), list(unexpected)
     self.mismatched, self.inconsistent = list(mismatched), list(inconsistent)
     lines = [f"{source}: {problem}"]
-    for title, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                         ("shape mismatches (key: checkpoint vs expected)", self.mismatched),
-                         ("tied copies that differ", self.inconsistent)):
+    for title, items in (
+      ("missing keys", self.missing),
+      ("unexpected keys", self.unexpected),
+      ("shape mismatches (key: checkpoint vs expected)", self.mismatched),
+      ("tied copies that differ", self.inconsistent),
+    ):
       if items:
         lines.append(f"  {len(items)} {title}:")
         lines += [f"    {x}" for x in items[:40]]
@@ -66,6 +72,5 @@ def select_params(want, have: dict, source: str, what: str = "the model", exact:
     leaves.append((path, value))
   unexpected = sorted("/".join(p) for p in set(have_flat) - {p for p, _ in flatten(want)}) if exact else []
   if missing or mismatched or unexpected:
-    raise CheckpointError(source, f"does not fit {what}", missing=missing, mismatched=mismatched,
-                          unexpected=unexpected)
+    raise CheckpointError(source, f"does not fit {what}", missing=missing, mismatched=mismatched, unexpected=unexpected)
   return unflatten(leaves)

@@ -9,6 +9,7 @@ blip_jax module names mirror timm/BERT, so most keys are the path joined by dots
   * MED `cls/transform_*`, `cls/bias` -> `cls.predictions.transform.*`, `cls.predictions.bias`
 and the prefix each tower is stored under, which depends on the task (TEXT_PREFIXES).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,32 +24,32 @@ _ENC = "text_encoder."
 _DEC = "text_decoder.bert."
 _CLS = "text_decoder.cls."
 TEXT_PREFIXES: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
-    ("pretrain", "text"): {"shared": (_ENC, _DEC), "enc_sa": (_ENC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
-    ("retrieval", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
-    ("itm", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
-    ("vqa", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
-    ("caption", "text"): {"shared": (_DEC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
-    ("vqa", "answer_decoder"): {"shared": (_DEC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
+  ("pretrain", "text"): {"shared": (_ENC, _DEC), "enc_sa": (_ENC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
+  ("retrieval", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
+  ("itm", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
+  ("vqa", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
+  ("caption", "text"): {"shared": (_DEC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
+  ("vqa", "answer_decoder"): {"shared": (_DEC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
 }
 MOMENTUM_TEXT_PREFIX = "text_encoder_m."
 
 QUEUE_KEYS = {  # Salesforce buffer names of the ITC queues
-    "pretrain": {"image": "image_queue", "text": "text_queue", "ptr": "queue_ptr"},
-    "retrieval": {"image": "image_queue", "text": "text_queue", "idx": "idx_queue", "ptr": "ptr_queue"},
+  "pretrain": {"image": "image_queue", "text": "text_queue", "ptr": "queue_ptr"},
+  "retrieval": {"image": "image_queue", "text": "text_queue", "idx": "idx_queue", "ptr": "ptr_queue"},
 }
 
 # Salesforce ViT key (relative to `visual_encoder.`) <-> Hugging Face (relative to `vision_model.`);
 # {N} is a block index, a trailing "." matches any leaf. Both directions are generated from this table.
 _VISION_NAMES = [
-    ("cls_token", "embeddings.class_embedding"),
-    ("pos_embed", "embeddings.position_embedding"),
-    ("patch_embed.proj.", "embeddings.patch_embedding."),
-    ("blocks.{N}.norm1.", "encoder.layers.{N}.layer_norm1."),
-    ("blocks.{N}.norm2.", "encoder.layers.{N}.layer_norm2."),
-    ("blocks.{N}.attn.qkv.", "encoder.layers.{N}.self_attn.qkv."),
-    ("blocks.{N}.attn.proj.", "encoder.layers.{N}.self_attn.projection."),
-    ("blocks.{N}.mlp.", "encoder.layers.{N}.mlp."),
-    ("norm.", "post_layernorm."),
+  ("cls_token", "embeddings.class_embedding"),
+  ("pos_embed", "embeddings.position_embedding"),
+  ("patch_embed.proj.", "embeddings.patch_embedding."),
+  ("blocks.{N}.norm1.", "encoder.layers.{N}.layer_norm1."),
+  ("blocks.{N}.norm2.", "encoder.layers.{N}.layer_norm2."),
+  ("blocks.{N}.attn.qkv.", "encoder.layers.{N}.self_attn.qkv."),
+  ("blocks.{N}.attn.proj.", "encoder.layers.{N}.self_attn.projection."),
+  ("blocks.{N}.mlp.", "encoder.layers.{N}.mlp."),
+  ("norm.", "post_layernorm."),
 ]
 
 
@@ -68,6 +69,7 @@ _SF_VISION = _rules([(b, a) for a, b in _VISION_NAMES])
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One blip_jax tensor and the PyTorch key(s) it is stored under."""
+
   tree: str  # "params" or "momentum_params"
   path: tuple[str, ...]
   keys: tuple[str, ...]  # Salesforce names; several when a shared tensor is stored twice
@@ -95,8 +97,12 @@ def unflatten(items) -> dict[str, Any]:
 
 
 def _leaf(name: str) -> tuple[str, str]:
-  return {"kernel": ("weight", "linear"), "scale": ("weight", "copy"),
-          "embedding": ("weight", "copy"), "bias": ("bias", "copy")}[name]
+  return {
+    "kernel": ("weight", "linear"),
+    "scale": ("weight", "copy"),
+    "embedding": ("weight", "copy"),
+    "bias": ("bias", "copy"),
+  }[name]
 
 
 def vit_key(parts: tuple[str, ...]) -> tuple[str, str]:
@@ -130,8 +136,7 @@ def med_key(parts: tuple[str, ...]) -> tuple[str, str, str]:
     group = {"attention": "enc_sa", "decoder_attention": "dec_sa", "crossattention": "shared"}[block]
     name = "attention" if block == "decoder_attention" else block
     return head + ".".join((name,) + parts[2:-1] + (leaf,)), kind, group
-  sub = {"intermediate": "intermediate.dense", "output": "output.dense",
-         "output_LayerNorm": "output.LayerNorm"}[block]
+  sub = {"intermediate": "intermediate.dense", "output": "output.dense", "output_LayerNorm": "output.LayerNorm"}[block]
   return f"{head}{sub}.{leaf}", kind, "shared"
 
 
@@ -204,7 +209,7 @@ def torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
 
 
 def _rename(key: str, old: str, new: str, rules) -> str:
-  rel = key[len(old):]
+  rel = key[len(old) :]
   for pat, rep in rules:
     if re.search(pat, rel):
       return new + re.sub(pat, rep, rel)
@@ -213,8 +218,7 @@ def _rename(key: str, old: str, new: str, rules) -> str:
 
 def sf_to_hf(key: str) -> str:
   """Salesforce key -> Hugging Face key (text keys are identical; the ViT is renamed)."""
-  return _rename(key, "visual_encoder.", "vision_model.", _HF_VISION) \
-      if key.startswith("visual_encoder.") else key
+  return _rename(key, "visual_encoder.", "vision_model.", _HF_VISION) if key.startswith("visual_encoder.") else key
 
 
 def hf_to_sf(key: str) -> str:

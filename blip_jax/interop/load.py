@@ -1,9 +1,11 @@
-"""Every way a model is loaded (and the matching `save`): one `load()` for Salesforce `.pth`, Hugging Face directories and blip_jax
-checkpoints, with task narrowing, position-embedding resize and the tokenizer found beside the weights.
+"""Every way a model is loaded (and the matching `save`): one `load()` for Salesforce `.pth`, Hugging
+Face directories and blip_jax checkpoints, with task narrowing, position-embedding resize and the
+tokenizer found beside the weights.
 
 The trainer (`config.init_from`), the caption CLI, `convert` and every later tool call `load()`; nothing
 else reads checkpoint files. Errors are `CheckpointError`s naming the file (library code never exits).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +29,7 @@ TOKENIZER_FILES = ("tokenizer.model", "vocab.txt")
 
 
 def detect_format(path: str) -> str:
-  """"blip_jax" (a directory with model.json), "hf" (config.json or a .safetensors file) or
+  """ "blip_jax" (a directory with model.json), "hf" (config.json or a .safetensors file) or
   "salesforce" (.pth/.pt/.bin). Raises CheckpointError when the path says neither."""
   if os.path.isdir(path):
     if native.is_native(path):
@@ -44,8 +46,13 @@ def detect_format(path: str) -> str:
   raise CheckpointError(path, f"cannot tell the checkpoint format; name one of {FORMATS}")
 
 
-def read(path: str, fmt: str | None = None, task: str | None = None, config: BlipConfig | None = None,
-         ignore: Iterable[str] = ()) -> Checkpoint:
+def read(
+  path: str,
+  fmt: str | None = None,
+  task: str | None = None,
+  config: BlipConfig | None = None,
+  ignore: Iterable[str] = (),
+) -> Checkpoint:
   """The checkpoint as stored, in the task its file holds (`task` picks it where the file cannot say:
   a Salesforce state dict whose keys fit several tasks; an HF retrieval model imported as "retrieval")."""
   fmt = fmt or detect_format(path)
@@ -97,8 +104,10 @@ def resize_image(ckpt: Checkpoint, image_size: int) -> Checkpoint:
     ve["pos_embed"] = resize_pos_embed(np.asarray(ve["pos_embed"]), vision.num_tokens)
     return dict(tree, visual_encoder=ve)
 
-  notes = list(ckpt.notes) + [f"pos_embed resized {old.num_tokens} -> {vision.num_tokens} positions "
-                              f"({old.image_size} -> {image_size} px, bicubic)"]
+  notes = list(ckpt.notes) + [
+    f"pos_embed resized {old.num_tokens} -> {vision.num_tokens} positions "
+    f"({old.image_size} -> {image_size} px, bicubic)"
+  ]
   return Checkpoint(config, resized(ckpt.params), resized(ckpt.momentum_params), ckpt.queues, notes)
 
 
@@ -127,9 +136,17 @@ def find_tokenizer(path: str, explicit: str | None = None):
   return SentencePieceTokenizer(f) if f.endswith(".model") else WordPieceTokenizer(f)
 
 
-def load(path: str, task: str | None = None, image_size: int | None = None, *, fmt: str | None = None,
-         config: BlipConfig | None = None, ignore: Iterable[str] = (), tokenizer: str | None = None,
-         need_tokenizer: bool = False) -> Checkpoint:
+def load(
+  path: str,
+  task: str | None = None,
+  image_size: int | None = None,
+  *,
+  fmt: str | None = None,
+  config: BlipConfig | None = None,
+  ignore: Iterable[str] = (),
+  tokenizer: str | None = None,
+  need_tokenizer: bool = False,
+) -> Checkpoint:
   """Any BLIP checkpoint as the model of `task` at `image_size`.
 
   Args:
@@ -153,12 +170,16 @@ def load(path: str, task: str | None = None, image_size: int | None = None, *, f
     ckpt = resize_image(ckpt, image_size)
   ckpt.tokenizer = find_tokenizer(path, tokenizer)
   if need_tokenizer and ckpt.tokenizer is None:
-    raise CheckpointError(path, f"no tokenizer beside the checkpoint (looked for {', '.join(TOKENIZER_FILES)} "
-                          "here and one directory up): pass one (a bert-base-uncased vocab.txt for the "
-                          "official checkpoints)")
+    raise CheckpointError(
+      path,
+      f"no tokenizer beside the checkpoint (looked for {', '.join(TOKENIZER_FILES)} "
+      "here and one directory up): pass one (a bert-base-uncased vocab.txt for the "
+      "official checkpoints)",
+    )
   if ckpt.tokenizer is not None and ckpt.tokenizer.vocab_size != ckpt.config.text.vocab_size:
-    raise CheckpointError(path, f"the tokenizer has {ckpt.tokenizer.vocab_size} tokens, the model "
-                          f"{ckpt.config.text.vocab_size}")
+    raise CheckpointError(
+      path, f"the tokenizer has {ckpt.tokenizer.vocab_size} tokens, the model {ckpt.config.text.vocab_size}"
+    )
   return ckpt
 
 

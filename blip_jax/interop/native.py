@@ -1,9 +1,10 @@
 """The blip_jax checkpoint format: an orbax directory the trainer restores (`config.init_from`).
 
-  DST/state/        orbax StandardCheckpointer: {"params", "momentum_params"?, "queues"?}
-  DST/model.json    {"format": "blip_jax", "version": 1, "config": BlipConfig.to_dict()}
-  DST/tokenizer.model or DST/vocab.txt   the tokenizer, where the writer had one (`interop.load` finds it)
+DST/state/        orbax StandardCheckpointer: {"params", "momentum_params"?, "queues"?}
+DST/model.json    {"format": "blip_jax", "version": 1, "config": BlipConfig.to_dict()}
+DST/tokenizer.model or DST/vocab.txt   the tokenizer, where the writer had one (`interop.load` finds it)
 """
+
 from __future__ import annotations
 
 import json
@@ -65,12 +66,19 @@ def load_native(directory: str) -> Checkpoint:
     with ocp.StandardCheckpointer() as ckptr:
       state = ckptr.restore(os.path.join(directory, "state"))
   except Exception as e:  # orbax raises several types for missing/corrupt directories
-    raise CheckpointError(os.path.join(directory, "state"), f"unreadable orbax state ({type(e).__name__}: {e})") from None
+    raise CheckpointError(
+      os.path.join(directory, "state"), f"unreadable orbax state ({type(e).__name__}: {e})"
+    ) from None
   state = jax.tree.map(np.asarray, state)
   # model.json must describe the stored arrays: an edited or mismatched config is refused here, not
   # discovered later as random weights in an export
-  select_params(param_shapes(config), state["params"], os.path.join(directory, "state"),
-                f"the {config.task!r} model that model.json describes", exact=True)
+  select_params(
+    param_shapes(config),
+    state["params"],
+    os.path.join(directory, "state"),
+    f"the {config.task!r} model that model.json describes",
+    exact=True,
+  )
   queues = state.get("queues")
   if queues is not None:
     queues = dict(queues)

@@ -1,4 +1,5 @@
 """Official Salesforce BLIP checkpoints: `torch.save({'model': state_dict})` .pth files."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def read_pth(path: str) -> Mapping[str, Any]:
   raise CheckpointError(path, f"expected a dict of tensors, found {type(obj).__name__}")
 
 
-def load_salesforce(src: str | Mapping[str, Any], task: str, config: BlipConfig | None = None,
-                    ignore=(), source: str = "<state dict>") -> Checkpoint:
+def load_salesforce(
+  src: str | Mapping[str, Any], task: str, config: BlipConfig | None = None, ignore=(), source: str = "<state dict>"
+) -> Checkpoint:
   """Import an official checkpoint (a .pth path, or any mapping key -> array named `source` in errors)."""
   if isinstance(src, (str, os.PathLike)):
     return import_state_dict(read_pth(str(src)), task, "salesforce", config, str(src), ignore)

@@ -5,6 +5,7 @@ shared tensors, momentum copies and queues where the task has them).
 `fmt="hf"`: transformers' BlipForConditionalGeneration / BlipForImageTextRetrieval /
 BlipForQuestionAnswering keys (ViT renamed; no buffers, momentum, queues or temp).
 """
+
 from __future__ import annotations
 
 import re
@@ -15,17 +16,21 @@ import numpy as np
 from blip_jax.interop import keymap
 from blip_jax.interop.checkpoint import Checkpoint, CheckpointError
 from blip_jax.models.blip import param_shapes
-from blip_jax.models.config import BlipConfig, TASKS, TextConfig, VisionConfig
+from blip_jax.models.config import TASKS, BlipConfig, TextConfig, VisionConfig
 from blip_jax.models.momentum import momentum_view
 from blip_jax.models.pos_embed import resize_pos_embed
 
 FORMATS = ("salesforce", "hf")
-HF_CLASSES = {"caption": "BlipForConditionalGeneration", "itm": "BlipForImageTextRetrieval",
-              "retrieval": "BlipForImageTextRetrieval", "vqa": "BlipForQuestionAnswering"}
+HF_CLASSES = {
+  "caption": "BlipForConditionalGeneration",
+  "itm": "BlipForImageTextRetrieval",
+  "retrieval": "BlipForImageTextRetrieval",
+  "vqa": "BlipForQuestionAnswering",
+}
 # Named groups a user may ignore on import (`ignore=`): what each covers.
 IGNORABLE = {
-    "momentum": "momentum copies (*_m.*); the trainer re-initialises them from params",
-    "queues": "ITC feature/idx queues and their pointer",
+  "momentum": "momentum copies (*_m.*); the trainer re-initialises them from params",
+  "queues": "ITC feature/idx queues and their pointer",
 }
 _MAX_POSITIONS_BUFFER = 512
 
@@ -39,8 +44,10 @@ def _expected_tied(task: str, params) -> dict[str, tuple[str, ...]]:
   if "cls" not in params.get("text", {}) and "answer_decoder" not in params:
     return {}
   tower = "answer_decoder" if "answer_decoder" in params else "text"
-  return {"text_decoder.cls.predictions.decoder.weight": (tower, "embeddings", "word_embeddings", "embedding"),
-          "text_decoder.cls.predictions.decoder.bias": (tower, "cls", "bias")}
+  return {
+    "text_decoder.cls.predictions.decoder.weight": (tower, "embeddings", "word_embeddings", "embedding"),
+    "text_decoder.cls.predictions.decoder.bias": (tower, "cls", "bias"),
+  }
 
 
 def export_state_dict(ckpt: Checkpoint, fmt: str = "salesforce") -> dict[str, np.ndarray]:
@@ -49,8 +56,10 @@ def export_state_dict(ckpt: Checkpoint, fmt: str = "salesforce") -> dict[str, np
     raise ValueError(f"fmt={fmt!r}: must be one of {FORMATS}")
   task = ckpt.config.task
   if fmt == "hf" and task not in HF_CLASSES:
-    raise ValueError(f"task {task!r} has no Hugging Face class (they are {sorted(HF_CLASSES)}); "
-                     "export a pretraining checkpoint as salesforce, or narrow it to one task first")
+    raise ValueError(
+      f"task {task!r} has no Hugging Face class (they are {sorted(HF_CLASSES)}); "
+      "export a pretraining checkpoint as salesforce, or narrow it to one task first"
+    )
   with_m = fmt == "salesforce" and _has_momentum(task)
   momentum = ckpt.momentum_params if with_m else None
   if with_m and momentum is None:
@@ -71,15 +80,22 @@ def export_state_dict(ckpt: Checkpoint, fmt: str = "salesforce") -> dict[str, np
     sd[key] = keymap.to_torch(np.asarray(_get(ckpt.params, path)), "copy")
   if task in keymap.QUEUE_KEYS:
     if ckpt.queues is None:
-      raise ValueError(f"a Salesforce {task!r} checkpoint carries the ITC queues: set Checkpoint.queues "
-                       "(e.g. from the train state) before exporting")
+      raise ValueError(
+        f"a Salesforce {task!r} checkpoint carries the ITC queues: set Checkpoint.queues "
+        "(e.g. from the train state) before exporting"
+      )
     sd.update(_queues_to_torch(task, ckpt.queues))
   return sd
 
 
-def import_state_dict(sd: Mapping[str, Any], task: str, fmt: str = "salesforce",
-                      config: BlipConfig | None = None, source: str = "<state dict>",
-                      ignore: Iterable[str] = ()) -> Checkpoint:
+def import_state_dict(
+  sd: Mapping[str, Any],
+  task: str,
+  fmt: str = "salesforce",
+  config: BlipConfig | None = None,
+  source: str = "<state dict>",
+  ignore: Iterable[str] = (),
+) -> Checkpoint:
   """Flat state dict -> Checkpoint, strictly.
 
   Args:
@@ -98,8 +114,9 @@ def import_state_dict(sd: Mapping[str, Any], task: str, fmt: str = "salesforce",
   if fmt not in FORMATS:
     raise ValueError(f"fmt={fmt!r}: must be one of {FORMATS}")
   if fmt == "hf" and task not in HF_CLASSES:
-    raise CheckpointError(source, f"Hugging Face has no class for task {task!r}",
-                          hint=f"use one of {sorted(HF_CLASSES)}")
+    raise CheckpointError(
+      source, f"Hugging Face has no class for task {task!r}", hint=f"use one of {sorted(HF_CLASSES)}"
+    )
   ignore = set(ignore)
   prefixes = tuple(g for g in ignore if g not in IGNORABLE)
   sd = {(keymap.hf_to_sf(k) if fmt == "hf" else k): v for k, v in sd.items()}
@@ -175,16 +192,26 @@ def import_state_dict(sd: Mapping[str, Any], task: str, fmt: str = "salesforce",
 
   if "momentum" in ignore:
     allowed.update(k for k in sd if re.match(r"^[a-z_]+_m\.", k))
-  unexpected = sorted(k for k in sd if k not in consumed and k not in allowed
-                      and not (prefixes and k.startswith(prefixes)))
+  unexpected = sorted(
+    k for k in sd if k not in consumed and k not in allowed and not (prefixes and k.startswith(prefixes))
+  )
   missing = sorted(k for k in set(missing) if not (prefixes and k.startswith(prefixes)))
   if missing or unexpected or mismatched or inconsistent:
     guess = guess_task(sd.keys())
-    hint = (f"the keys look like a {guess!r} checkpoint; pass --task {guess}" if guess and guess != task
-            else "pass ignore=[...] (CLI --ignore) to skip named groups: " + ", ".join(IGNORABLE))
-    raise CheckpointError(source, f"does not match a {fmt} {task!r} model of config "
-                          f"{_describe(config)}", missing=missing, unexpected=unexpected,
-                          mismatched=mismatched, inconsistent=inconsistent, hint=hint)
+    hint = (
+      f"the keys look like a {guess!r} checkpoint; pass --task {guess}"
+      if guess and guess != task
+      else "pass ignore=[...] (CLI --ignore) to skip named groups: " + ", ".join(IGNORABLE)
+    )
+    raise CheckpointError(
+      source,
+      f"does not match a {fmt} {task!r} model of config {_describe(config)}",
+      missing=missing,
+      unexpected=unexpected,
+      mismatched=mismatched,
+      inconsistent=inconsistent,
+      hint=hint,
+    )
   params = keymap.unflatten(out["params"])
   momentum = keymap.unflatten(out["momentum_params"]) if want_m else None
   return Checkpoint(config, params, momentum, queues, notes)
@@ -192,29 +219,42 @@ def import_state_dict(sd: Mapping[str, Any], task: str, fmt: str = "salesforce",
 
 def infer_config(sd: Mapping[str, Any], task: str, source: str = "<state dict>") -> BlipConfig:
   """Model sizes read off a Salesforce-named state dict (heads assumed width / 64)."""
+
   def shape(key):
     if key not in sd:
-      raise CheckpointError(source, f"cannot infer the model size for task {task!r}",
-                            missing=[key], hint=_task_hint(sd.keys(), task))
+      raise CheckpointError(
+        source, f"cannot infer the model size for task {task!r}", missing=[key], hint=_task_hint(sd.keys(), task)
+      )
     return tuple(np.shape(sd[key]))
 
   width = shape("visual_encoder.cls_token")[-1]
   d_out, _, patch, _ = shape("visual_encoder.patch_embed.proj.weight")
-  depth = 1 + max((int(m.group(1)) for k in sd for m in [re.match(r"visual_encoder\.blocks\.(\d+)\.", k)]
-                   if m), default=-1)
+  depth = 1 + max(
+    (int(m.group(1)) for k in sd for m in [re.match(r"visual_encoder\.blocks\.(\d+)\.", k)] if m), default=-1
+  )
   tokens = shape("visual_encoder.pos_embed")[1]
   grid = int(round((tokens - 1) ** 0.5))
-  vision = VisionConfig(image_size=grid * patch, patch_size=patch, width=width, depth=depth,
-                        num_heads=max(width // 64, 1),
-                        mlp_dim=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0])
+  vision = VisionConfig(
+    image_size=grid * patch,
+    patch_size=patch,
+    width=width,
+    depth=depth,
+    num_heads=max(width // 64, 1),
+    mlp_dim=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0],
+  )
   bert = "text_encoder." if task in ("pretrain", "retrieval", "itm", "vqa") else "text_decoder.bert."
   vocab, hidden = shape(bert + "embeddings.word_embeddings.weight")
-  layers = 1 + max((int(m.group(1)) for k in sd for m in [re.match(re.escape(bert) + r"encoder\.layer\.(\d+)\.", k)]
-                    if m), default=-1)
-  text = TextConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
-                    num_heads=max(hidden // 64, 1),
-                    intermediate_size=shape(bert + "encoder.layer.0.intermediate.dense.weight")[0],
-                    max_position_embeddings=shape(bert + "embeddings.position_embeddings.weight")[0])
+  layers = 1 + max(
+    (int(m.group(1)) for k in sd for m in [re.match(re.escape(bert) + r"encoder\.layer\.(\d+)\.", k)] if m), default=-1
+  )
+  text = TextConfig(
+    vocab_size=vocab,
+    hidden_size=hidden,
+    num_layers=layers,
+    num_heads=max(hidden // 64, 1),
+    intermediate_size=shape(bert + "encoder.layer.0.intermediate.dense.weight")[0],
+    max_position_embeddings=shape(bert + "embeddings.position_embeddings.weight")[0],
+  )
   embed_dim = shape("vision_proj.weight")[0] if "vision_proj.weight" in sd else 256
   return BlipConfig(task=task, vision=vision, text=text, embed_dim=embed_dim)
 
@@ -225,8 +265,11 @@ def guess_task(keys: Iterable[str]) -> str | None:
   has = lambda p: any(k.startswith(p) for k in keys)
   if "idx_queue" in keys:
     return "retrieval"
-  if "image_queue" in keys or has("text_encoder_m.") or (has("text_encoder.") and has("text_decoder.cls.")
-                                                         and "itm_head.weight" in keys):
+  if (
+    "image_queue" in keys
+    or has("text_encoder_m.")
+    or (has("text_encoder.") and has("text_decoder.cls.") and "itm_head.weight" in keys)
+  ):
     return "pretrain"
   if has("text_encoder.") and has("text_decoder."):
     return "vqa"
@@ -243,15 +286,19 @@ def _task_hint(keys, task):
 
 
 def _describe(c: BlipConfig) -> str:
-  return (f"(ViT {c.vision.width}x{c.vision.depth} @ {c.vision.image_size}px, "
-          f"text {c.text.hidden_size}x{c.text.num_layers}, vocab {c.text.vocab_size})")
+  return (
+    f"(ViT {c.vision.width}x{c.vision.depth} @ {c.vision.image_size}px, "
+    f"text {c.text.hidden_size}x{c.text.num_layers}, vocab {c.text.vocab_size})"
+  )
 
 
 def _queues_to_torch(task: str, queues: Mapping[str, Any]) -> dict[str, np.ndarray]:
   names = keymap.QUEUE_KEYS[task]
-  sd = {names["image"]: np.ascontiguousarray(np.asarray(queues["image"], np.float32).T),
-        names["text"]: np.ascontiguousarray(np.asarray(queues["text"], np.float32).T),
-        names["ptr"]: np.asarray([int(queues["ptr"])], np.int64)}
+  sd = {
+    names["image"]: np.ascontiguousarray(np.asarray(queues["image"], np.float32).T),
+    names["text"]: np.ascontiguousarray(np.asarray(queues["text"], np.float32).T),
+    names["ptr"]: np.asarray([int(queues["ptr"])], np.int64),
+  }
   if "idx" in names:
     sd[names["idx"]] = np.asarray(queues["idx"], np.int64)[None]
   return sd
@@ -261,12 +308,13 @@ def _queues_from_torch(task, sd, config, mismatched) -> dict[str, Any] | None:
   names = keymap.QUEUE_KEYS[task]
   img, txt = _to_numpy(sd[names["image"]]), _to_numpy(sd[names["text"]])
   if img.ndim != 2 or img.shape[0] != config.embed_dim or txt.shape != img.shape:
-    mismatched.append(f"{names['image']}/{names['text']}: {img.shape}/{txt.shape} vs "
-                      f"({config.embed_dim}, Q) each")
+    mismatched.append(f"{names['image']}/{names['text']}: {img.shape}/{txt.shape} vs ({config.embed_dim}, Q) each")
     return None
-  q = {"image": np.ascontiguousarray(img.T.astype(np.float32)),
-       "text": np.ascontiguousarray(txt.T.astype(np.float32)),
-       "ptr": int(_to_numpy(sd[names["ptr"]]).reshape(-1)[0])}
+  q = {
+    "image": np.ascontiguousarray(img.T.astype(np.float32)),
+    "text": np.ascontiguousarray(txt.T.astype(np.float32)),
+    "ptr": int(_to_numpy(sd[names["ptr"]]).reshape(-1)[0]),
+  }
   if "idx" in names:
     idx = _to_numpy(sd[names["idx"]]).reshape(-1)
     if idx.shape[0] != q["image"].shape[0]:

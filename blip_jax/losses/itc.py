@@ -4,14 +4,16 @@ s.7 for the multi-positive retrieval variant).
 All features are L2-normalised. The batch here is whatever the caller passes; the train step passes
 the global batch (all data shards), so every shard's examples are negatives of every other's.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 
-def itc_targets(batch: int, queue_size: int, idx: jax.Array | None = None,
-                idx_queue: jax.Array | None = None) -> jax.Array:
+def itc_targets(
+  batch: int, queue_size: int, idx: jax.Array | None = None, idx_queue: jax.Array | None = None
+) -> jax.Array:
   """Hard targets over [batch ; queue] columns, (B, B+Q) rows summing to 1.
 
   Without ids: one-hot on the diagonal (pretraining). With image ids (retrieval fine-tuning): every
@@ -29,8 +31,9 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return -(jax.nn.log_softmax(logits, axis=1) * targets).sum(axis=1).mean()
 
 
-def itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text_queue, temp, alpha,
-             idx=None, idx_queue=None):
+def itc_loss(
+  image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text_queue, temp, alpha, idx=None, idx_queue=None
+):
   """ITC with momentum distillation.
 
   Args:

@@ -6,6 +6,7 @@ Two ways to draw negatives, as in the two official code paths:
   "global" (retrieval fine-tuning): over the whole batch, weights softmax(sim) of online vs online
            features, every pair with the same image id zeroed (no +1e-4).
 """
+
 from __future__ import annotations
 
 import jax
@@ -42,8 +43,15 @@ def sample_negatives(rng: jax.Array, weights: jax.Array) -> jax.Array:
   return jax.random.categorical(rng, logw, axis=1)
 
 
-def hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array, *, mode: str = "local",
-                   groups: int = 1, idx: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def hard_negatives(
+  rng: jax.Array,
+  sim_i2t: jax.Array,
+  sim_t2i: jax.Array,
+  *,
+  mode: str = "local",
+  groups: int = 1,
+  idx: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Indices of the negative image for each text and the negative text for each image.
 
   Args:
@@ -68,6 +76,5 @@ def hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array, *, mo
 def itm_loss(pos_logits: jax.Array, neg_logits: jax.Array) -> jax.Array:
   """Mean CE over B positives (label 1) and 2B negatives (label 0). logits (B, 2) and (2B, 2)."""
   logits = jnp.concatenate([pos_logits, neg_logits]).astype(jnp.float32)
-  labels = jnp.concatenate([jnp.ones(pos_logits.shape[0], jnp.int32),
-                            jnp.zeros(neg_logits.shape[0], jnp.int32)])
+  labels = jnp.concatenate([jnp.ones(pos_logits.shape[0], jnp.int32), jnp.zeros(neg_logits.shape[0], jnp.int32)])
   return smoothed_cross_entropy(logits, labels, 0.0).mean()

@@ -1,4 +1,5 @@
 """Language-modelling loss of the image-grounded decoder (reference section 5, step 6)."""
+
 from __future__ import annotations
 
 import jax
@@ -17,8 +18,9 @@ def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothin
   return (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
 
 
-def lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, label_smoothing: float = 0.1,
-            prompt_length: int = 0) -> jax.Array:
+def lm_loss(
+  logits: jax.Array, ids: jax.Array, mask: jax.Array, label_smoothing: float = 0.1, prompt_length: int = 0
+) -> jax.Array:
   """Next-token loss of decoder logits, mean over predicted (non-ignored) tokens.
 
   Args:

@@ -11,11 +11,12 @@ Parameter tree (top level; which entries exist depends on `config.task`, see con
 Methods (use with `model.apply({"params": params}, ..., method=Blip.<name>)`, or the helpers at the
 bottom of this file). Images are NHWC, normalised; token ids (B, L) int32 with a (B, L) 1/0 mask.
 """
+
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from blip_jax.models import layers
 from blip_jax.models.config import BlipConfig
@@ -53,8 +54,9 @@ class Blip(nn.Module):
     # setup() params are created eagerly: declare temp only where it exists, so sub-trees without it
     # (the momentum copies) apply without a stand-in.
     if "temp" in comps and (self.is_initializing() or self.has_variable("params", "temp")):
-      self.temp = self.param("temp", nn.with_logical_partitioning(
-          nn.initializers.constant(c.temp_init), ()), (), jnp.dtype(c.param_dtype))
+      self.temp = self.param(
+        "temp", nn.with_logical_partitioning(nn.initializers.constant(c.temp_init), ()), (), jnp.dtype(c.param_dtype)
+      )
 
   # ---- towers -------------------------------------------------------------------------------
   def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -65,21 +67,34 @@ class Blip(nn.Module):
     """Unimodal text encoder ([CLS] first, as given): (B, L) -> (B, L, D)."""
     return self.text(ids, mask, mode="text", train=train)
 
-  def encode_multimodal(self, ids, mask, image_embeds, image_mask=None, train: bool = False,
-                        image_index=None):
+  def encode_multimodal(self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None):
     """Image-grounded text encoder: first token forced to [ENC]. -> (B, L, D).
 
     image_index (B,), optional: text b attends to image image_index[b] of image_embeds (Bi, 1+N, Dv).
     """
     ids = with_first_token(ids, self.config.text.enc_token_id)
-    return self.text(ids, mask, mode="multimodal", encoder_states=image_embeds,
-                     encoder_mask=image_mask, encoder_index=image_index, train=train)
+    return self.text(
+      ids,
+      mask,
+      mode="multimodal",
+      encoder_states=image_embeds,
+      encoder_mask=image_mask,
+      encoder_index=image_index,
+      train=train,
+    )
 
   def decode(self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None):
     """Image-grounded decoder: first token forced to [DEC]. -> (B, L, V) float32 logits."""
     ids = with_first_token(ids, self.config.text.bos_token_id)
-    h = self.text(ids, mask, mode="decoder", encoder_states=image_embeds, encoder_mask=image_mask,
-                  encoder_index=image_index, train=train)
+    h = self.text(
+      ids,
+      mask,
+      mode="decoder",
+      encoder_states=image_embeds,
+      encoder_mask=image_mask,
+      encoder_index=image_index,
+      train=train,
+    )
     return self.text.logits(h)
 
   # ---- heads --------------------------------------------------------------------------------
@@ -106,8 +121,9 @@ class Blip(nn.Module):
   def answer_logits(self, answer_ids, answer_mask, question_states, question_mask, train=False):
     """VQA answer decoder ([DEC] first) over question-encoder states -> (B, La, V) logits."""
     ids = with_first_token(answer_ids, self.config.text.bos_token_id)
-    h = self.answer_decoder(ids, answer_mask, mode="decoder", encoder_states=question_states,
-                            encoder_mask=question_mask, train=train)
+    h = self.answer_decoder(
+      ids, answer_mask, mode="decoder", encoder_states=question_states, encoder_mask=question_mask, train=train
+    )
     return self.answer_decoder.logits(h)
 
   # ---- every output at once (what `init` runs, so it creates every parameter) -----------------
@@ -152,9 +168,10 @@ def boxed_param_shapes(config: BlipConfig, batch: int = 1, text_len: int = 8):
   """Abstract params still wrapped in their LogicallyPartitioned boxes (no allocation).
 
   Feed it to an optimizer's init under eval_shape to get boxed optimizer state too."""
-  return jax.eval_shape(lambda r: Blip(config).init({"params": r, "dropout": r},
-                                                    *_dummy_inputs(config, batch, text_len))["params"],
-                        jax.random.key(0))
+  return jax.eval_shape(
+    lambda r: Blip(config).init({"params": r, "dropout": r}, *_dummy_inputs(config, batch, text_len))["params"],
+    jax.random.key(0),
+  )
 
 
 def param_logical_axes(config: BlipConfig, batch: int = 1, text_len: int = 8):

@@ -3,6 +3,7 @@
 Experiment files (ml_collections) build these through `BlipConfig.from_dict`; interop infers them from
 checkpoint shapes. Defaults are BLIP's ViT-B/16 + BERT-base MED (reference sections 2-4).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,16 +12,15 @@ from typing import Any
 # Which towers and heads each task's model owns. The official checkpoints differ exactly this way
 # (reference/salesforce_state_dict_keys.txt), so export and import derive their key sets from it.
 TASKS: dict[str, frozenset[str]] = {
-    # text_encoder_sa: bidirectional self-attention (ITC / ITM modes);
-    # text_decoder_sa + lm_head: causal self-attention and LM head of the decoder mode.
-    "pretrain": frozenset({"vision", "text_encoder_sa", "text_decoder_sa", "lm_head", "proj", "itm", "temp",
-                           "momentum"}),
-    "retrieval": frozenset({"vision", "text_encoder_sa", "proj", "itm", "temp", "momentum"}),
-    "itm": frozenset({"vision", "text_encoder_sa", "proj", "itm"}),
-    "caption": frozenset({"vision", "text_decoder_sa", "lm_head"}),
-    # VQA: image-grounded question encoder (`text`) and a separate answer decoder that cross-attends to
-    # the question encoder's states (its cross-attention K/V width is the text width).
-    "vqa": frozenset({"vision", "text_encoder_sa", "answer_decoder"}),
+  # text_encoder_sa: bidirectional self-attention (ITC / ITM modes);
+  # text_decoder_sa + lm_head: causal self-attention and LM head of the decoder mode.
+  "pretrain": frozenset({"vision", "text_encoder_sa", "text_decoder_sa", "lm_head", "proj", "itm", "temp", "momentum"}),
+  "retrieval": frozenset({"vision", "text_encoder_sa", "proj", "itm", "temp", "momentum"}),
+  "itm": frozenset({"vision", "text_encoder_sa", "proj", "itm"}),
+  "caption": frozenset({"vision", "text_decoder_sa", "lm_head"}),
+  # VQA: image-grounded question encoder (`text`) and a separate answer decoder that cross-attends to
+  # the question encoder's states (its cross-attention K/V width is the text width).
+  "vqa": frozenset({"vision", "text_encoder_sa", "answer_decoder"}),
 }
 
 # Special token ids of bert-base-uncased + BLIP's two added tokens (reference section 3).
@@ -30,6 +30,7 @@ PAD_ID, CLS_ID, SEP_ID, MASK_ID, DEC_ID, ENC_ID = 0, 101, 102, 103, 30522, 30523
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   """timm-style ViT. Defaults: ViT-B/16 at 224 px."""
+
   image_size: int = 224
   patch_size: int = 16
   width: int = 768
@@ -46,12 +47,13 @@ class VisionConfig:
   @property
   def num_tokens(self) -> int:
     """CLS + patches."""
-    return 1 + self.grid ** 2
+    return 1 + self.grid**2
 
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
   """Post-LN BERT used as the MED text transformer. Defaults: BERT-base with BLIP's 30524 vocab."""
+
   vocab_size: int = 30524
   hidden_size: int = 768
   num_layers: int = 12
@@ -75,6 +77,7 @@ class TextConfig:
 @dataclasses.dataclass(frozen=True)
 class BlipConfig:
   """A whole BLIP model for one task (see TASKS)."""
+
   task: str = "pretrain"
   vision: VisionConfig = VisionConfig()
   text: TextConfig = TextConfig()
@@ -93,13 +96,13 @@ class BlipConfig:
       raise ValueError(f"config.task={self.task!r}: must be one of {sorted(TASKS)}")
     v, t = self.vision, self.text
     if v.image_size % v.patch_size:
-      raise ValueError(f"config.vision.image_size={v.image_size} is not a multiple of "
-                       f"config.vision.patch_size={v.patch_size}")
+      raise ValueError(
+        f"config.vision.image_size={v.image_size} is not a multiple of config.vision.patch_size={v.patch_size}"
+      )
     if v.width % v.num_heads:
       raise ValueError(f"config.vision.width={v.width} is not divisible by num_heads={v.num_heads}")
     if t.hidden_size % t.num_heads:
-      raise ValueError(f"config.text.hidden_size={t.hidden_size} is not divisible by "
-                       f"num_heads={t.num_heads}")
+      raise ValueError(f"config.text.hidden_size={t.hidden_size} is not divisible by num_heads={t.num_heads}")
     for name in ("vision_remat", "text_remat"):
       if getattr(self, name) not in ("none", "full", "dots"):
         raise ValueError(f"config.{name}={getattr(self, name)!r}: must be 'none', 'full' or 'dots'")
@@ -138,17 +141,27 @@ def vit_b16(image_size: int = 224, drop_path_rate: float = 0.0) -> VisionConfig:
 
 
 def vit_l16(image_size: int = 224, drop_path_rate: float = 0.1) -> VisionConfig:
-  return VisionConfig(image_size=image_size, width=1024, depth=24, num_heads=16, mlp_dim=4096,
-                      drop_path_rate=drop_path_rate)
+  return VisionConfig(
+    image_size=image_size, width=1024, depth=24, num_heads=16, mlp_dim=4096, drop_path_rate=drop_path_rate
+  )
 
 
-def tiny(task: str = "pretrain", image_size: int = 32, vision_width: int = 48,
-         text_width: int = 32, vocab_size: int = 30524) -> BlipConfig:
+def tiny(
+  task: str = "pretrain", image_size: int = 32, vision_width: int = 48, text_width: int = 32, vocab_size: int = 30524
+) -> BlipConfig:
   """A few-hundred-kB model for tests and CPU smoke runs (2 layers, real token ids)."""
   return BlipConfig(
-      task=task,
-      vision=VisionConfig(image_size=image_size, patch_size=8, width=vision_width, depth=2,
-                          num_heads=4, mlp_dim=2 * vision_width),
-      text=TextConfig(vocab_size=vocab_size, hidden_size=text_width, num_layers=2, num_heads=4,
-                      intermediate_size=2 * text_width, max_position_embeddings=64),
-      embed_dim=16)
+    task=task,
+    vision=VisionConfig(
+      image_size=image_size, patch_size=8, width=vision_width, depth=2, num_heads=4, mlp_dim=2 * vision_width
+    ),
+    text=TextConfig(
+      vocab_size=vocab_size,
+      hidden_size=text_width,
+      num_layers=2,
+      num_heads=4,
+      intermediate_size=2 * text_width,
+      max_position_embeddings=64,
+    ),
+    embed_dim=16,
+  )

@@ -6,16 +6,17 @@ DenseGeneral kernels with logical names fail under `jax.set_mesh` (reference sec
 
 Logical axes used: "embed" (model width), "mlp" (FFN width), "heads" (attention width, head-major),
 "qkv" (fused ViT q|k|v width), "vocab", "kv_embed" (cross-attention input width), "patch" (flattened
-patch pixels), "proj" (ITC width), "classes" (ITM head outputs), "positions" (text position table), "embed_out" (LM-head transform
-output). Activations: "batch", "length".
+patch pixels), "proj" (ITC width), "classes" (ITM head outputs), "positions" (text position table),
+"embed_out" (LM-head transform output). Activations: "batch", "length".
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 # Additive mask value of the official BERT/BLIP code. Finite on purpose: bf16-safe, and a fully
 # masked row stays a uniform softmax instead of NaN.
@@ -25,22 +26,36 @@ BERT_INIT = nn.initializers.normal(stddev=0.02)
 VIT_INIT = nn.initializers.truncated_normal(stddev=0.02)
 
 
-def dense(features: int, axes: tuple[str | None, str | None], *, name: str | None = None, dtype: Any,
-          param_dtype: Any = jnp.float32, kernel_init=BERT_INIT) -> nn.Dense:
+def dense(
+  features: int,
+  axes: tuple[str | None, str | None],
+  *,
+  name: str | None = None,
+  dtype: Any,
+  param_dtype: Any = jnp.float32,
+  kernel_init=BERT_INIT,
+) -> nn.Dense:
   """nn.Dense whose kernel (in, out) and bias (out,) carry logical axis names."""
   return nn.Dense(
-      features, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+    features,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+  )
 
 
-def layer_norm(eps: float, *, name: str | None = None, dtype: Any,
-               param_dtype: Any = jnp.float32) -> nn.LayerNorm:
+def layer_norm(eps: float, *, name: str | None = None, dtype: Any, param_dtype: Any = jnp.float32) -> nn.LayerNorm:
   """LayerNorm with logically-named scale/bias. Statistics are computed in float32 by Flax."""
   return nn.LayerNorm(
-      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+  )
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -59,9 +74,16 @@ def merge_heads(x: jax.Array) -> jax.Array:
   return x.reshape(b, l, h * dh)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, *,
-              dropout_rate: float = 0.0, deterministic: bool = True,
-              module: nn.Module | None = None) -> jax.Array:
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array | None,
+  *,
+  dropout_rate: float = 0.0,
+  deterministic: bool = True,
+  module: nn.Module | None = None,
+) -> jax.Array:
   """Scaled dot-product attention.
 
   Args:
@@ -97,8 +119,9 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   s = k.shape[2]
   qh = q.transpose(0, 2, 1, 3).reshape(bi * h, g, d)
   dims = lambda contract: (contract, ((0,), (0,)))
-  logits = jax.lax.dot_general(qh, k.reshape(bi * h, s, d), dims(((2,), (2,))),
-                               preferred_element_type=jnp.float32) * d ** -0.5
+  logits = (
+    jax.lax.dot_general(qh, k.reshape(bi * h, s, d), dims(((2,), (2,))), preferred_element_type=jnp.float32) * d**-0.5
+  )
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   ctx = jax.lax.dot_general(probs, v.reshape(bi * h, s, d), dims(((2,), (1,))))
   return ctx.reshape(bi, h, g, d).transpose(0, 2, 1, 3)

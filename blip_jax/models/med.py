@@ -21,13 +21,14 @@ width for the VQA answer decoder). With `num_cross_branches=2` (NLVR2) each laye
 `self0`/`self1` over two images with output denses `dense0`/`dense1`, averaged below
 `cross_merge_from_layer` and merged by `merge_layer` (2D -> D) from it on, then the shared LayerNorm.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from blip_jax.models import layers
 from blip_jax.models.config import TextConfig
@@ -40,6 +41,7 @@ class SelfOrCross(nn.Module):
 
   `__call__` is the full-sequence path of training and scoring; `project_kv`, `decode_self` and
   `decode_cross` are the same projections and attention for one new position per row (generation)."""
+
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
@@ -60,8 +62,15 @@ class SelfOrCross(nn.Module):
     k, v = self.key(kv), self.value(kv)
     if kv_index is not None:  # K/V projected once per unique encoder row, then gathered per text row
       k, v = k[kv_index], v[kv_index]
-    ctx = layers.attention(self._heads(self.query(x)), self._heads(k), self._heads(v), bias,
-                           dropout_rate=self.cfg.attention_dropout, deterministic=deterministic, module=self)
+    ctx = layers.attention(
+      self._heads(self.query(x)),
+      self._heads(k),
+      self._heads(v),
+      bias,
+      dropout_rate=self.cfg.attention_dropout,
+      deterministic=deterministic,
+      module=self,
+    )
     return layers.merge_heads(ctx)
 
   def project_kv(self, states):
@@ -92,6 +101,7 @@ class SelfOrCross(nn.Module):
 
 class AttentionOutput(nn.Module):
   """BERT `*.output`: dense(s) -> dropout -> residual -> LayerNorm. Several inputs = NLVR2 branches."""
+
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
@@ -104,11 +114,9 @@ class AttentionOutput(nn.Module):
     if len(ctxs) == 1:
       y = layers.dense(c.hidden_size, ("heads", "embed"), name="dense", **kw)(ctxs[0])
     else:
-      ys = [layers.dense(c.hidden_size, ("heads", "embed"), name=f"dense{j}", **kw)(t)
-            for j, t in enumerate(ctxs)]
+      ys = [layers.dense(c.hidden_size, ("heads", "embed"), name=f"dense{j}", **kw)(t) for j, t in enumerate(ctxs)]
       if self.merge:
-        y = layers.dense(c.hidden_size, ("mlp", "embed"), name="merge_layer", **kw)(
-            jnp.concatenate(ys, axis=-1))
+        y = layers.dense(c.hidden_size, ("mlp", "embed"), name="merge_layer", **kw)(jnp.concatenate(ys, axis=-1))
       else:
         y = sum(ys) / len(ys)
     y = nn.Dropout(c.hidden_dropout)(y, deterministic=deterministic)
@@ -118,6 +126,7 @@ class AttentionOutput(nn.Module):
 class Attention(nn.Module):
   """Self-attention (`cross=False`) or cross-attention over one or several (NLVR2) encoder state
   tensors: BERT's `attention` / `crossattention` block = `self` (or `self0`, `self1`) + `output`."""
+
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
@@ -139,8 +148,9 @@ class Attention(nn.Module):
     if not self.cross:
       ctxs = [self.self(x, x, bias, deterministic)]
     else:
-      ctxs = [getattr(self, n)(x, kv, kb, deterministic, kv_index)
-              for n, kv, kb in zip(self.branch_names, kvs, kv_biases)]
+      ctxs = [
+        getattr(self, n)(x, kv, kb, deterministic, kv_index) for n, kv, kb in zip(self.branch_names, kvs, kv_biases)
+      ]
     return self.output(ctxs, x, deterministic)
 
   def project_kv(self, states):
@@ -157,6 +167,7 @@ class Attention(nn.Module):
 class Layer(nn.Module):
   """One MED layer: self-attention (encoder or decoder copy) -> optional cross-attention -> FFN.
   Submodules are created lazily, so a task's tree holds only the self-attention copies it calls."""
+
   cfg: TextConfig
   layer_index: int
   dtype: Any
@@ -203,13 +214,17 @@ class Embeddings(nn.Module):
   def setup(self):
     c = self.cfg
     init = nn.with_logical_partitioning(layers.BERT_INIT, ("vocab", "embed"))
-    self.word_embeddings = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=init,
-                                    dtype=self.dtype, param_dtype=self.param_dtype)
+    self.word_embeddings = nn.Embed(
+      c.vocab_size, c.hidden_size, embedding_init=init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     self.position_embeddings = nn.Embed(
-        c.max_position_embeddings, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(layers.BERT_INIT, ("positions", "embed")))
-    self.LayerNorm = layers.layer_norm(c.layer_norm_eps, name=None, dtype=self.dtype,
-                                       param_dtype=self.param_dtype)
+      c.max_position_embeddings,
+      c.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(layers.BERT_INIT, ("positions", "embed")),
+    )
+    self.LayerNorm = layers.layer_norm(c.layer_norm_eps, name=None, dtype=self.dtype, param_dtype=self.param_dtype)
     self.dropout = nn.Dropout(c.hidden_dropout)
 
   def __call__(self, ids, positions, deterministic):
@@ -223,6 +238,7 @@ class Embeddings(nn.Module):
 
 class LMHead(nn.Module):
   """`cls.predictions`: transform (dense, GELU, LayerNorm) then tied decoder + own bias."""
+
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
@@ -234,13 +250,15 @@ class LMHead(nn.Module):
     h = layers.dense(c.hidden_size, ("embed", "embed_out"), name="transform_dense", **kw)(h)
     h = layers.gelu(h)
     h = layers.layer_norm(c.layer_norm_eps, name="transform_LayerNorm", **kw)(h)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-                      (c.vocab_size,), self.param_dtype)
+    bias = self.param(
+      "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)), (c.vocab_size,), self.param_dtype
+    )
     return embeddings.attend(h) + bias.astype(self.dtype)
 
 
 class MED(nn.Module):
   """The text transformer. Call `__call__` for hidden states, `logits` for decoder-mode LM logits."""
+
   cfg: TextConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -254,10 +272,17 @@ class MED(nn.Module):
     self.layer = [layer_cls(self.cfg, i, **kw) for i in range(self.cfg.num_layers)]
     self.cls = LMHead(self.cfg, **kw)
 
-  def __call__(self, ids: jax.Array, mask: jax.Array, *, mode: str = "text",
-               encoder_states: jax.Array | tuple[jax.Array, ...] | None = None,
-               encoder_mask: jax.Array | tuple[jax.Array, ...] | None = None,
-               encoder_index: jax.Array | None = None, train: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    ids: jax.Array,
+    mask: jax.Array,
+    *,
+    mode: str = "text",
+    encoder_states: jax.Array | tuple[jax.Array, ...] | None = None,
+    encoder_mask: jax.Array | tuple[jax.Array, ...] | None = None,
+    encoder_index: jax.Array | None = None,
+    train: bool = False,
+  ) -> jax.Array:
     """Hidden states of the last layer.
 
     Args:
@@ -275,8 +300,7 @@ class MED(nn.Module):
     if mode not in MODES:
       raise ValueError(f"mode={mode!r}: must be one of {MODES}")
     if ids.shape[1] > self.cfg.max_position_embeddings:
-      raise ValueError(f"text length {ids.shape[1]} exceeds max_position_embeddings "
-                       f"{self.cfg.max_position_embeddings}")
+      raise ValueError(f"text length {ids.shape[1]} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
     deterministic = not train
     positions = jnp.arange(ids.shape[1])[None, :]
     x = self.embeddings(ids, positions, deterministic)
@@ -288,8 +312,7 @@ class MED(nn.Module):
         raise ValueError(f"mode={mode!r} needs encoder_states")
       kvs = tuple(encoder_states) if isinstance(encoder_states, (tuple, list)) else (encoder_states,)
       if len(kvs) != self.cfg.num_cross_branches:
-        raise ValueError(f"{len(kvs)} encoder state tensors for num_cross_branches="
-                         f"{self.cfg.num_cross_branches}")
+        raise ValueError(f"{len(kvs)} encoder state tensors for num_cross_branches={self.cfg.num_cross_branches}")
       if encoder_mask is None:
         masks = tuple(jnp.ones(s.shape[:2], jnp.int32) for s in kvs)
       else:

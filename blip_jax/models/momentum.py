@@ -4,6 +4,7 @@ The ViT, vision_proj, the text encoder (its embeddings, encoder self-attention, 
 FFN: the official `text_encoder_m` is a whole BertModel) and text_proj. Never the decoder's own
 self-attention, the LM head, itm_head or temp.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,11 @@ def momentum_view(params: dict[str, Any]) -> dict[str, Any]:
   """The sub-tree of `params` that has a momentum copy (same structure, shared leaves)."""
   out = {k: params[k] for k in MOMENTUM_TOP if k in params}
   if "text" in out:
-    out["text"] = {name: _strip(sub) if name.startswith("layer_") else sub
-                   for name, sub in out["text"].items() if name not in _TEXT_EXCLUDED}
+    out["text"] = {
+      name: _strip(sub) if name.startswith("layer_") else sub
+      for name, sub in out["text"].items()
+      if name not in _TEXT_EXCLUDED
+    }
   return out
 
 

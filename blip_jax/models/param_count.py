@@ -1,4 +1,5 @@
 """Parameter counts by component (trainable parameters: momentum copies and queues excluded)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,14 @@ def report(params: dict[str, Any], momentum_params: dict[str, Any] | None = None
     sub = params[name]
     rows.append((name, count(sub)))
     if name in ("text", "answer_decoder"):
-      groups = {"embeddings": 0, "encoder self-attention": 0, "decoder self-attention": 0,
-                "cross-attention": 0, "FFN": 0, "LM head": 0}
+      groups = {
+        "embeddings": 0,
+        "encoder self-attention": 0,
+        "decoder self-attention": 0,
+        "cross-attention": 0,
+        "FFN": 0,
+        "LM head": 0,
+      }
       for k, v in sub.items():
         if k == "embeddings":
           groups["embeddings"] += count(v)
@@ -28,8 +35,11 @@ def report(params: dict[str, Any], momentum_params: dict[str, Any] | None = None
           groups["LM head"] += count(v)
         else:
           for block, leaf in v.items():
-            key = {"attention": "encoder self-attention", "decoder_attention": "decoder self-attention",
-                   "crossattention": "cross-attention"}.get(block, "FFN")
+            key = {
+              "attention": "encoder self-attention",
+              "decoder_attention": "decoder self-attention",
+              "crossattention": "cross-attention",
+            }.get(block, "FFN")
             groups[key] += count(leaf)
       rows += [(f"  {g}", n) for g, n in groups.items() if n]
   total = count(params)
@@ -46,11 +56,13 @@ def main(argv=None) -> None:
   import argparse
 
   from blip_jax.models.blip import param_shapes
-  from blip_jax.models.config import BlipConfig, TASKS, vit_b16, vit_l16
+  from blip_jax.models.config import TASKS, BlipConfig, vit_b16, vit_l16
   from blip_jax.models.momentum import momentum_view
 
-  p = argparse.ArgumentParser(prog="python -m blip_jax.models.param_count",
-                              description="Parameter counts of a BLIP model (no weights are allocated).")
+  p = argparse.ArgumentParser(
+    prog="python -m blip_jax.models.param_count",
+    description="Parameter counts of a BLIP model (no weights are allocated).",
+  )
   p.add_argument("--task", default="pretrain", choices=sorted(TASKS))
   p.add_argument("--vision", default="vit_b", choices=["vit_b", "vit_l"])
   p.add_argument("--image-size", type=int, default=224)

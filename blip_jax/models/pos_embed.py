@@ -5,6 +5,7 @@ BLIP moves between image sizes (224 -> 384 -> 480) by resizing the patch grid of
 indices at the border; `jax.image.resize("cubic")` uses A = -0.5 and differs, so we reproduce PyTorch's
 CPU kernel: its float32 tap weights and its summation order.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ def resize_pos_embed(pos_embed: np.ndarray, num_tokens: int, num_extra_tokens: i
   extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[0, num_extra_tokens:]
   g_in, g_out = math.isqrt(grid.shape[0]), math.isqrt(num_tokens - num_extra_tokens)
   if g_in * g_in != grid.shape[0] or g_out * g_out != num_tokens - num_extra_tokens:
-    raise ValueError(f"cannot resize pos_embed of {pos_embed.shape[1]} tokens to {num_tokens}: "
-                     "patch grids must be square")
+    raise ValueError(
+      f"cannot resize pos_embed of {pos_embed.shape[1]} tokens to {num_tokens}: patch grids must be square"
+    )
   if g_in == g_out:
     return pos_embed
   d = grid.shape[-1]

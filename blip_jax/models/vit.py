@@ -6,13 +6,14 @@ Parameter tree (names mirror timm so interop is mechanical):
   blocks_{i}/{norm1, attn/{qkv, proj}, norm2, mlp/{fc1, fc2}}
   norm
 """
+
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from blip_jax.models import layers
 from blip_jax.models.config import VisionConfig
@@ -34,15 +35,16 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x):
     d, h = self.cfg.width, self.cfg.num_heads
-    qkv = layers.dense(3 * d, ("embed", "qkv"), name="qkv", dtype=self.dtype,
-                       param_dtype=self.param_dtype, kernel_init=layers.VIT_INIT)(x)
+    qkv = layers.dense(
+      3 * d, ("embed", "qkv"), name="qkv", dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=layers.VIT_INIT
+    )(x)
     b, n, _ = qkv.shape
     # Columns are [q | k | v], each head-major (timm: reshape(B, N, 3, H, Dh)).
     qkv = qkv.reshape(b, n, 3, h, d // h)
     out = layers.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None)
-    return layers.dense(d, ("heads", "embed"), name="proj", dtype=self.dtype,
-                        param_dtype=self.param_dtype, kernel_init=layers.VIT_INIT)(
-                            layers.merge_heads(out))
+    return layers.dense(
+      d, ("heads", "embed"), name="proj", dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=layers.VIT_INIT
+    )(layers.merge_heads(out))
 
 
 class Mlp(nn.Module):
@@ -85,6 +87,7 @@ class Block(nn.Module):
 
 class VisionTransformer(nn.Module):
   """images (B, H, W, 3), normalised -> (B, 1 + (H/p)*(W/p), D) after the final LayerNorm."""
+
   cfg: VisionConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -97,15 +100,24 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"image size {images.shape[1:3]} is not a multiple of patch {c.patch_size}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = patchify(images.astype(self.dtype), c.patch_size)
-    x = layers.dense(c.width, ("patch", "embed"), name="patch_embed", kernel_init=layers.VIT_INIT,
-                     **kw)(x)
-    cls = self.param("cls_token", nn.with_logical_partitioning(layers.VIT_INIT, (None, None, "embed")),
-                     (1, 1, c.width), self.param_dtype)
-    pos = self.param("pos_embed", nn.with_logical_partitioning(layers.VIT_INIT, (None, None, "embed")),
-                     (1, c.num_tokens, c.width), self.param_dtype)
+    x = layers.dense(c.width, ("patch", "embed"), name="patch_embed", kernel_init=layers.VIT_INIT, **kw)(x)
+    cls = self.param(
+      "cls_token",
+      nn.with_logical_partitioning(layers.VIT_INIT, (None, None, "embed")),
+      (1, 1, c.width),
+      self.param_dtype,
+    )
+    pos = self.param(
+      "pos_embed",
+      nn.with_logical_partitioning(layers.VIT_INIT, (None, None, "embed")),
+      (1, c.num_tokens, c.width),
+      self.param_dtype,
+    )
     if x.shape[1] + 1 != pos.shape[1]:
-      raise ValueError(f"{x.shape[1] + 1} image tokens but pos_embed has {pos.shape[1]} positions: "
-                       f"resize it with blip_jax.models.pos_embed.resize_pos_embed")
+      raise ValueError(
+        f"{x.shape[1] + 1} image tokens but pos_embed has {pos.shape[1]} positions: "
+        f"resize it with blip_jax.models.pos_embed.resize_pos_embed"
+      )
     # CLS is prepended first, then pos_embed added to all tokens (timm order).
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, c.width)), x], axis=1)
     x = x + pos.astype(self.dtype)

@@ -2,13 +2,13 @@
 
 Trains (or resumes) the experiment in DIR. See README.md and blip_jax/train/trainer.py.
 """
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from blip_jax.train.trainer import train
 
-config_flags.DEFINE_config_file("config", None, "experiment config file, optionally with :variant",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "experiment config file, optionally with :variant", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics, TensorBoard events and the resolved config")
 flags.mark_flags_as_required(["config", "workdir"])
 

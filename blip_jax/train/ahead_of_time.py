@@ -1,6 +1,7 @@
 """The train step compiled ahead of time, with its per-device memory report: the trainer does this
 before step 1 on its devices, and `python -m blip_jax.aot` does the same for a TPU topology that is not
 here (MaxText's train_compile pattern: one code path, so what the AOT check proves is what runs)."""
+
 from __future__ import annotations
 
 import time
@@ -31,9 +32,11 @@ def batch_layout(exp: Experiment, sharding, example: dict | None = None) -> dict
   if example is not None:
     return {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in example.items()}
   s, length = exp.model.vision.image_size, exp.cfg.text_length
-  out = {"images": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32, sharding=sharding),
-         "ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=sharding),
-         "mask": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=sharding)}
+  out = {
+    "images": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32, sharding=sharding),
+    "ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=sharding),
+    "mask": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=sharding),
+  }
   if exp.model.task == "retrieval":
     out["idx"] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding)
   return out
@@ -46,45 +49,66 @@ def compile_train_step(exp: Experiment, mesh, state_specs: dict, shardings: dict
   t0 = time.time()
   bsh = next(iter(batch_specs.values())).sharding
   with jax.set_mesh(mesh), nn.logical_axis_rules(exp.rules):
-    step = jax.jit(make_train_step(exp.model, exp.objective, exp.optimizer, exp.cfg.accum_steps),
-                   in_shardings=(shardings, bsh), out_shardings=(shardings, None), donate_argnums=0)
+    step = jax.jit(
+      make_train_step(exp.model, exp.objective, exp.optimizer, exp.cfg.accum_steps),
+      in_shardings=(shardings, bsh),
+      out_shardings=(shardings, None),
+      donate_argnums=0,
+    )
     compiled = step.lower(state_specs, batch_specs).compile()
   devices = mesh.devices.reshape(-1)
   kind = devices[0].device_kind
-  report = {"device_kind": kind, "devices": len(devices), "mesh": exp.mesh_shape,
-            "trainable_params": count(state_specs["params"]),
-            "step_flops": flops.pretrain_step_flops(exp.model, exp.cfg.global_batch, exp.cfg.text_length,
-                                                    exp.objective.queue_size),
-            "compile_s": time.time() - t0, "hbm_bytes": chips.device_hbm(kind)}
+  report = {
+    "device_kind": kind,
+    "devices": len(devices),
+    "mesh": exp.mesh_shape,
+    "trainable_params": count(state_specs["params"]),
+    "step_flops": flops.pretrain_step_flops(
+      exp.model, exp.cfg.global_batch, exp.cfg.text_length, exp.objective.queue_size
+    ),
+    "compile_s": time.time() - t0,
+    "hbm_bytes": chips.device_hbm(kind),
+  }
   mem = compiled.memory_analysis()
   if mem is not None:  # some backends do not report
-    report.update(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-                  temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
-                  per_device_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes
-                  + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+    report.update(
+      argument_bytes=mem.argument_size_in_bytes,
+      output_bytes=mem.output_size_in_bytes,
+      temp_bytes=mem.temp_size_in_bytes,
+      alias_bytes=mem.alias_size_in_bytes,
+      per_device_bytes=mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      + mem.temp_size_in_bytes
+      - mem.alias_size_in_bytes,
+    )
   return compiled, report
 
 
 def format_report(r: dict) -> str:
   """The report of `compile_train_step` as aligned text."""
   gib = lambda x: f"{x / 2**30:8.2f} GiB"
-  lines = [f"devices            {r['devices']} x {r['device_kind']}, mesh (data, fsdp, tensor) = {r['mesh']}",
-           f"trainable params   {r['trainable_params']:,d}",
-           f"step FLOPs         {r['step_flops'] / 1e15:.3f} PFLOP ({r['step_flops'] / r['devices'] / 1e12:.2f} "
-           f"TFLOP per device)",
-           f"compile time       {r['compile_s']:.1f} s"]
+  lines = [
+    f"devices            {r['devices']} x {r['device_kind']}, mesh (data, fsdp, tensor) = {r['mesh']}",
+    f"trainable params   {r['trainable_params']:,d}",
+    f"step FLOPs         {r['step_flops'] / 1e15:.3f} PFLOP ({r['step_flops'] / r['devices'] / 1e12:.2f} "
+    f"TFLOP per device)",
+    f"compile time       {r['compile_s']:.1f} s",
+  ]
   if "per_device_bytes" not in r:
     return "\n".join(lines + ["per-device memory: not reported by this backend"])
-  lines += ["per-device memory:",
-            f"  arguments        {gib(r['argument_bytes'])}",
-            f"  outputs          {gib(r['output_bytes'])}  (aliased with donated arguments: "
-            f"{gib(r['alias_bytes']).strip()})",
-            f"  temporaries      {gib(r['temp_bytes'])}",
-            f"  total            {gib(r['per_device_bytes'])}"]
+  lines += [
+    "per-device memory:",
+    f"  arguments        {gib(r['argument_bytes'])}",
+    f"  outputs          {gib(r['output_bytes'])}  (aliased with donated arguments: {gib(r['alias_bytes']).strip()})",
+    f"  temporaries      {gib(r['temp_bytes'])}",
+    f"  total            {gib(r['per_device_bytes'])}",
+  ]
   if r["hbm_bytes"]:
     fits = r["per_device_bytes"] <= r["hbm_bytes"]
-    lines.append(f"  HBM              {gib(r['hbm_bytes'])}  -> {'fits' if fits else 'DOES NOT FIT'} "
-                 f"({100 * r['per_device_bytes'] / r['hbm_bytes']:.0f}% used)")
+    lines.append(
+      f"  HBM              {gib(r['hbm_bytes'])}  -> {'fits' if fits else 'DOES NOT FIT'} "
+      f"({100 * r['per_device_bytes'] / r['hbm_bytes']:.0f}% used)"
+    )
   else:
     lines.append("  HBM              unknown for this device kind")
   return "\n".join(lines)

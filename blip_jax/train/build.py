@@ -4,6 +4,7 @@
 and runs before anything compiles. The trainer, `blip_jax.aot` and the benchmarks all call it, and
 nothing downstream re-checks the config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,23 +24,39 @@ TRAINABLE_TASKS = ("pretrain",)  # the step computes ITC + ITM + LM; fine-tuning
 
 # (key, type, lower bound or None, whether the bound itself is allowed): the typed part of the check.
 _NUMBERS = (
-    ("global_batch", int, 1, True), ("text_length", int, 2, True), ("num_examples", int, 1, True),
-    ("epochs", int, 1, True), ("accum_steps", int, 1, True), ("seed", int, None, True),
-    ("log_every", int, 1, True), ("checkpoint_every", int, 1, True), ("keep_checkpoints", int, 1, True),
-    ("total_steps", int, 0, True), ("model.image_size", int, 1, True),
-    ("model.drop_path_rate", float, 0.0, True), ("optimizer.peak_lr", float, 0.0, False),
-    ("optimizer.warmup_steps", int, 0, True), ("optimizer.warmup_lr", float, 0.0, True),
-    ("optimizer.min_lr", float, 0.0, True), ("optimizer.weight_decay", float, 0.0, True),
-    ("optimizer.clip_norm", float, 0.0, True), ("objective.queue_size", int, 0, True),
-    ("objective.momentum", float, 0.0, True), ("objective.alpha", float, 0.0, True),
-    ("objective.label_smoothing", float, 0.0, True), ("eval.every", int, 0, True),
-    ("eval.num", int, 1, True), ("eval.batch", int, 1, True), ("data.max_skip_fraction", float, 0.0, True),
+  ("global_batch", int, 1, True),
+  ("text_length", int, 2, True),
+  ("num_examples", int, 1, True),
+  ("epochs", int, 1, True),
+  ("accum_steps", int, 1, True),
+  ("seed", int, None, True),
+  ("log_every", int, 1, True),
+  ("checkpoint_every", int, 1, True),
+  ("keep_checkpoints", int, 1, True),
+  ("total_steps", int, 0, True),
+  ("model.image_size", int, 1, True),
+  ("model.drop_path_rate", float, 0.0, True),
+  ("optimizer.peak_lr", float, 0.0, False),
+  ("optimizer.warmup_steps", int, 0, True),
+  ("optimizer.warmup_lr", float, 0.0, True),
+  ("optimizer.min_lr", float, 0.0, True),
+  ("optimizer.weight_decay", float, 0.0, True),
+  ("optimizer.clip_norm", float, 0.0, True),
+  ("objective.queue_size", int, 0, True),
+  ("objective.momentum", float, 0.0, True),
+  ("objective.alpha", float, 0.0, True),
+  ("objective.label_smoothing", float, 0.0, True),
+  ("eval.every", int, 0, True),
+  ("eval.num", int, 1, True),
+  ("eval.batch", int, 1, True),
+  ("data.max_skip_fraction", float, 0.0, True),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """A validated experiment: the config and the objects derived from it."""
+
   cfg: Any  # the ml_collections ConfigDict
   model: BlipConfig
   mesh_shape: tuple[int, int, int]
@@ -60,8 +77,10 @@ def experiment(cfg, num_devices: int, num_processes: int = 1, tokenizer=None) ->
   """
   _check_numbers(cfg)
   if cfg.model.task not in TRAINABLE_TASKS:
-    raise ValueError(f"config.model.task={cfg.model.task!r}: this trainer runs {TRAINABLE_TASKS} so far "
-                     f"(models exist for {sorted(TASKS)})")
+    raise ValueError(
+      f"config.model.task={cfg.model.task!r}: this trainer runs {TRAINABLE_TASKS} so far "
+      f"(models exist for {sorted(TASKS)})"
+    )
   model = model_config(cfg, tokenizer)
   mesh = mesh_shape(cfg, num_devices)
   if cfg.global_batch % num_processes:
@@ -71,9 +90,17 @@ def experiment(cfg, num_devices: int, num_processes: int = 1, tokenizer=None) ->
   o = cfg.optimizer
   spe = steps_per_epoch(cfg)
   total = cfg.get("total_steps") or spe * cfg.epochs
-  return Experiment(cfg, model, mesh, obj, lr,
-                    make_optimizer(lr, o.weight_decay, o.decay_mode, o.clip_norm or None),
-                    sharding_rules(cfg), spe, total)
+  return Experiment(
+    cfg,
+    model,
+    mesh,
+    obj,
+    lr,
+    make_optimizer(lr, o.weight_decay, o.decay_mode, o.clip_norm or None),
+    sharding_rules(cfg),
+    spe,
+    total,
+  )
 
 
 def _check_numbers(cfg) -> None:
@@ -97,8 +124,9 @@ def model_config(cfg, tokenizer=None) -> BlipConfig:
   if m.dtype not in DTYPES:
     raise ValueError(f"config.model.dtype={m.dtype!r}: must be one of {DTYPES}")
   if m.vision == "tiny":
-    base = tiny(m.task, image_size=m.image_size, vision_width=m.get("vision_width", 48),
-                text_width=m.get("text_width", 32))
+    base = tiny(
+      m.task, image_size=m.image_size, vision_width=m.get("vision_width", 48), text_width=m.get("text_width", 32)
+    )
   elif m.vision in VISION:
     base = BlipConfig(task=m.task, vision=VISION[m.vision](m.image_size))
   else:
@@ -106,9 +134,17 @@ def model_config(cfg, tokenizer=None) -> BlipConfig:
   vision = dataclasses.replace(base.vision, drop_path_rate=m.drop_path_rate)
   if tokenizer is not None:
     sp = tokenizer.special
-    base = base.replace(text=dataclasses.replace(
-        base.text, vocab_size=tokenizer.vocab_size, pad_token_id=sp.pad, cls_token_id=sp.cls,
-        sep_token_id=sp.sep, bos_token_id=sp.dec, enc_token_id=sp.enc))
+    base = base.replace(
+      text=dataclasses.replace(
+        base.text,
+        vocab_size=tokenizer.vocab_size,
+        pad_token_id=sp.pad,
+        cls_token_id=sp.cls,
+        sep_token_id=sp.sep,
+        bos_token_id=sp.dec,
+        enc_token_id=sp.enc,
+      )
+    )
   return base.replace(vision=vision, dtype=m.dtype, vision_remat=m.vision_remat, text_remat=m.text_remat)
 
 
@@ -136,25 +172,30 @@ def objective(cfg, mesh: tuple[int, int, int]) -> Objective:
   o, b, accum = cfg.objective, cfg.global_batch, cfg.accum_steps
   data_shards = mesh[0] * mesh[1]
   if b % data_shards:
-    raise ValueError(f"config.global_batch={b} is not divisible by the {data_shards} data "
-                     f"shards of config.mesh={mesh}")
-  obj = Objective(queue_size=o.queue_size, momentum=o.momentum, alpha=o.alpha,
-                  alpha_ramp_steps=int(math.ceil(o.alpha_ramp_epochs * steps_per_epoch(cfg))),
-                  label_smoothing=o.label_smoothing, negatives=o.negatives,
-                  negative_groups=data_shards if o.negatives == "local" else 1,
-                  multi_positive=cfg.model.task == "retrieval")
+    raise ValueError(f"config.global_batch={b} is not divisible by the {data_shards} data shards of config.mesh={mesh}")
+  obj = Objective(
+    queue_size=o.queue_size,
+    momentum=o.momentum,
+    alpha=o.alpha,
+    alpha_ramp_steps=int(math.ceil(o.alpha_ramp_epochs * steps_per_epoch(cfg))),
+    label_smoothing=o.label_smoothing,
+    negatives=o.negatives,
+    negative_groups=data_shards if o.negatives == "local" else 1,
+    multi_positive=cfg.model.task == "retrieval",
+  )
   if accum < 1 or b % accum:
     raise ValueError(f"global batch {b} is not divisible by config.accum_steps={accum}")
   if "momentum" not in TASKS[cfg.model.task]:
     raise ValueError(f"config.model.task={cfg.model.task!r} has no momentum encoder: use pretrain or retrieval")
   if obj.queue_size % b:
-    raise ValueError(f"config.queue_size={obj.queue_size} is not a multiple of the global batch "
-                     f"{b}: the queue must wrap exactly (reference s.5 step 4)")
+    raise ValueError(
+      f"config.queue_size={obj.queue_size} is not a multiple of the global batch "
+      f"{b}: the queue must wrap exactly (reference s.5 step 4)"
+    )
   if obj.negatives not in ("local", "global"):
     raise ValueError(f"config.negatives={obj.negatives!r}: must be 'local' or 'global'")
   if obj.negatives == "local" and (b // accum) % obj.negative_groups:
-    raise ValueError(f"(micro)batch {b // accum} is not divisible by "
-                     f"config.negative_groups={obj.negative_groups}")
+    raise ValueError(f"(micro)batch {b // accum} is not divisible by config.negative_groups={obj.negative_groups}")
   if (obj.negatives == "global" or obj.multi_positive) and cfg.model.task != "retrieval":
     raise ValueError("config.negatives='global' and multi_positive need image ids: task 'retrieval'")
   return obj
@@ -176,6 +217,7 @@ def sharding_rules(cfg) -> tuple[tuple[str, Any], ...]:
   Flax expects it."""
   rules = cfg.get("sharding_rules")
   if not rules:
-    raise ValueError("config.sharding_rules is missing: (logical axis, mesh axes) pairs, e.g. "
-                     "experiments/common.py SHARDING_RULES")
+    raise ValueError(
+      "config.sharding_rules is missing: (logical axis, mesh axes) pairs, e.g. experiments/common.py SHARDING_RULES"
+    )
   return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules)

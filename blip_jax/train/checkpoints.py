@@ -4,6 +4,7 @@ each process's data-iterator position (grain's orbax handler, one file per proce
 Saves are asynchronous (the step loop continues while arrays are written); restoring takes the target
 shardings, so a checkpoint written on one mesh restores onto another (orbax reshards).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,19 +45,24 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=async_save),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save),
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: dict, loader, config: dict) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(_to_disk(state)),
-                              data=grain.checkpoint.CheckpointSave(_IteratorPosition(state=loader.state())),
-                              config=ocp.args.JsonSave(config))
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(_to_disk(state)),
+      data=grain.checkpoint.CheckpointSave(_IteratorPosition(state=loader.state())),
+      config=ocp.args.JsonSave(config),
+    )
     self.manager.save(step, args=args, force=True)
 
   def restore(self, step: int, abstract_state: dict, loader) -> dict:
@@ -65,9 +71,13 @@ class Checkpointer:
     rng = target["rng"]
     key_shape = jax.eval_shape(jax.random.key_data, rng)
     target["rng"] = jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype, sharding=rng.sharding)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
-        data=grain.checkpoint.CheckpointRestore(_IteratorPosition(loader=loader))))
+        data=grain.checkpoint.CheckpointRestore(_IteratorPosition(loader=loader)),
+      ),
+    )
     state = dict(restored["state"])
     state["rng"] = jax.random.wrap_key_data(state["rng"])
     return state

@@ -7,20 +7,23 @@ Counts matmul FLOPs (2 per multiply-add), which dominate at every real size. Per
   decoder with LM head (B; its K/V projection is counted although XLA may share it with ITM's),
   ITC similarity matrices.
 """
+
 from __future__ import annotations
 
 from blip_jax.models.config import BlipConfig
+
 
 def vit_forward(cfg: BlipConfig, batch: int) -> float:
   v = cfg.vision
   n, d = v.num_tokens, v.width
   per_layer = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * v.mlp_dim
-  patches = 2 * (n - 1) * (v.patch_size ** 2 * 3) * d
+  patches = 2 * (n - 1) * (v.patch_size**2 * 3) * d
   return batch * (v.depth * per_layer + patches)
 
 
-def text_forward(cfg: BlipConfig, batch: int, length: int, cross: bool, lm_head: bool,
-                 kv_images: int | None = None) -> float:
+def text_forward(
+  cfg: BlipConfig, batch: int, length: int, cross: bool, lm_head: bool, kv_images: int | None = None
+) -> float:
   """`batch` texts; cross-attention K/V projected for `kv_images` images (default: one per text)."""
   t, n, dv = cfg.text, cfg.vision.num_tokens, cfg.vision.width
   l, d = length, t.hidden_size
@@ -34,8 +37,7 @@ def text_forward(cfg: BlipConfig, batch: int, length: int, cross: bool, lm_head:
   return batch * (t.num_layers * per_text + head) + images * t.num_layers * per_image
 
 
-def pretrain_step_flops(cfg: BlipConfig, batch: int, length: int, queue_size: int,
-                        shared_itm_kv: bool = True) -> float:
+def pretrain_step_flops(cfg: BlipConfig, batch: int, length: int, queue_size: int, shared_itm_kv: bool = True) -> float:
   """FLOPs of one pretraining step on a global batch of `batch` pairs of `length` tokens.
 
   shared_itm_kv=False counts the official step instead, whose ITM positive and negative passes
@@ -44,9 +46,20 @@ def pretrain_step_flops(cfg: BlipConfig, batch: int, length: int, queue_size: in
   proj = 2 * batch * (cfg.vision.width + cfg.text.hidden_size) * e
   momentum = vit_forward(cfg, batch) + text_forward(cfg, batch, length, False, False) + proj
   itc = 2 * 2 * batch * (batch + queue_size) * e
-  online = (vit_forward(cfg, batch) + text_forward(cfg, batch, length, False, False) + proj
-            + text_forward(cfg, 3 * batch, length, True, False,      # ITM pos + neg
-                           batch if shared_itm_kv else None)
-            + text_forward(cfg, batch, length, True, True)           # decoder + LM head
-            + 2 * batch * cfg.text.hidden_size * 2 + itc)
+  online = (
+    vit_forward(cfg, batch)
+    + text_forward(cfg, batch, length, False, False)
+    + proj
+    + text_forward(
+      cfg,
+      3 * batch,
+      length,
+      True,
+      False,  # ITM pos + neg
+      batch if shared_itm_kv else None,
+    )
+    + text_forward(cfg, batch, length, True, True)  # decoder + LM head
+    + 2 * batch * cfg.text.hidden_size * 2
+    + itc
+  )
   return momentum + 2 * itc + 3 * online

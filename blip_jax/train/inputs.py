@@ -8,6 +8,7 @@ config.data:
   workers, threads, prefetch, seed, max_skip_fraction, scale, flip, randaug
 config.eval: sources (held-out), num (pairs), batch, every (steps; 0 = only at the end)
 """
+
 from __future__ import annotations
 
 import os
@@ -53,9 +54,16 @@ def tokenizer(cfg, workdir: str, write: bool = True) -> Tokenizer:
 
 def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
   d = cfg.data
-  return Preprocess(TASK_FORMAT[cfg.model.task], tok, image_size,
-                    text_length=cfg.text_length, train=train, scale=tuple(d.scale), flip=d.flip,
-                    randaug=d.randaug)
+  return Preprocess(
+    TASK_FORMAT[cfg.model.task],
+    tok,
+    image_size,
+    text_length=cfg.text_length,
+    train=train,
+    scale=tuple(d.scale),
+    flip=d.flip,
+    randaug=d.randaug,
+  )
 
 
 def _sources(specs, task: str, where: str):
@@ -67,15 +75,33 @@ def _sources(specs, task: str, where: str):
 def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, process_count: int) -> Loader:
   d = cfg.data
   sources, weights = _sources(d.sources, cfg.model.task, "config.data.sources")
-  lc = LoaderConfig(batch_size=cfg.global_batch // process_count, workers=d.workers, threads=d.threads,
-                    prefetch=d.prefetch, max_skip_fraction=d.max_skip_fraction, seed=d.seed)
-  return Loader(sources, weights if len(sources) > 1 else None, preprocess(cfg, tok, image_size, True), lc,
-                process_index, process_count)
+  lc = LoaderConfig(
+    batch_size=cfg.global_batch // process_count,
+    workers=d.workers,
+    threads=d.threads,
+    prefetch=d.prefetch,
+    max_skip_fraction=d.max_skip_fraction,
+    seed=d.seed,
+  )
+  return Loader(
+    sources,
+    weights if len(sources) > 1 else None,
+    preprocess(cfg, tok, image_size, True),
+    lc,
+    process_index,
+    process_count,
+  )
 
 
 def eval_loader(cfg, tok: Tokenizer, image_size: int) -> Loader:
   """Held-out pairs in order, once, eval transform (every process reads all of them)."""
   sources, _ = _sources(cfg.eval.sources, cfg.model.task, "config.eval.sources")
-  lc = LoaderConfig(batch_size=cfg.eval.batch, shuffle=False, num_epochs=1, drop_remainder=False,
-                    threads=cfg.data.threads, max_skip_fraction=cfg.data.max_skip_fraction)
+  lc = LoaderConfig(
+    batch_size=cfg.eval.batch,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    threads=cfg.data.threads,
+    max_skip_fraction=cfg.data.max_skip_fraction,
+  )
   return Loader(sources, None, preprocess(cfg, tok, image_size, False), lc)

@@ -1,5 +1,6 @@
 """Training metrics to stdout, `workdir/metrics.jsonl` and TensorBoard event files (tensorboardX, no
 tensorflow). Only process 0 writes; the others get a writer that drops everything."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ class MetricWriter:
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=10)
 
   def write(self, step: int, metrics: dict, prefix: str = "train", suffix: str = "") -> None:
@@ -31,8 +33,10 @@ class MetricWriter:
       for k, v in metrics.items():
         self._tb.add_scalar(f"{prefix}/{k}", v, step)
     text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-    print(("\r\033[K" if self._tty else "") + f"[{prefix}] step {step}: {text}" + (f"  {suffix}" if suffix else ""),
-          flush=True)
+    print(
+      ("\r\033[K" if self._tty else "") + f"[{prefix}] step {step}: {text}" + (f"  {suffix}" if suffix else ""),
+      flush=True,
+    )
 
   def progress(self, step: int, total: int, seconds_per_step: float) -> None:
     """A one-line progress bar with ETA, on interactive terminals only."""

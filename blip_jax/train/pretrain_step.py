@@ -5,6 +5,7 @@ batch = {"images" (B, H, W, 3), "ids" (B, L) with [CLS] first, "mask" (B, L)[, "
 B is the global batch: ITC negatives span all data shards; ITM negatives are drawn per shard
 ("local", like the official per-GPU pretraining) or over the whole batch ("global", retrieval).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ from blip_jax.models.momentum import momentum_view
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """Hyper-parameters of the three losses."""
+
   queue_size: int = 57600  # 0 = no queue: in-batch ITC only (ablation; also what a fixed-pair overfit needs)
   momentum: float = 0.995
   alpha: float = 0.4
@@ -37,14 +39,21 @@ def init_state(model: BlipConfig, obj: Objective, tx: optax.GradientTransformati
   L2-normalised; idx queue -100."""
   r_params, r_iq, r_tq, r_state = jax.random.split(rng, 4)
   params = init_params(model, r_params)
-  queues = {"image": l2_normalize(jax.random.normal(r_iq, (obj.queue_size, model.embed_dim))),
-            "text": l2_normalize(jax.random.normal(r_tq, (obj.queue_size, model.embed_dim))),
-            "ptr": jnp.zeros((), jnp.int32)}
+  queues = {
+    "image": l2_normalize(jax.random.normal(r_iq, (obj.queue_size, model.embed_dim))),
+    "text": l2_normalize(jax.random.normal(r_tq, (obj.queue_size, model.embed_dim))),
+    "ptr": jnp.zeros((), jnp.int32),
+  }
   if model.task == "retrieval":
     queues["idx"] = jnp.full((obj.queue_size,), -100, jnp.int32)
-  return {"step": jnp.zeros((), jnp.int32), "params": params,
-          "momentum": jax.tree.map(jnp.array, momentum_view(params)), "opt_state": tx.init(params),
-          "queues": queues, "rng": r_state}
+  return {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "momentum": jax.tree.map(jnp.array, momentum_view(params)),
+    "opt_state": tx.init(params),
+    "queues": queues,
+    "rng": r_state,
+  }
 
 
 def ema(momentum: dict, params: dict, m: float) -> dict:
@@ -66,8 +75,7 @@ def enqueue(queues: dict, image_feat_m, text_feat_m, idx=None) -> dict:
   return out
 
 
-def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.GradientTransformation,
-                    accum_steps: int = 1):
+def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.GradientTransformation, accum_steps: int = 1):
   """(state, batch) -> (state, metrics); pure, to be wrapped in jax.jit by the caller.
 
   Gradient accumulation (`accum_steps` > 1) splits the global batch into microbatches that run one
@@ -92,8 +100,7 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     r = lambda i: jax.random.fold_in(rng, i)
     img_m = apply(momentum, Blip.encode_image, images, train=True, rng=r(0))
     image_feat_m = apply(momentum, Blip.image_feature, img_m)
-    text_feat_m = apply(momentum, Blip.text_feature,
-                        apply(momentum, Blip.encode_text, ids, mask, train=True, rng=r(1)))
+    text_feat_m = apply(momentum, Blip.text_feature, apply(momentum, Blip.encode_text, ids, mask, train=True, rng=r(1)))
     image_feat_m, text_feat_m = jax.lax.stop_gradient((image_feat_m, text_feat_m))
     use_idx = obj.multi_positive
 
@@ -103,9 +110,18 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
       text_feat = apply(p, Blip.text_feature, apply(p, Blip.encode_text, ids, mask, train=True, rng=r(3)))
       temp = p["temp"]
       # 3. ITC over [momentum batch ; queue]
-      l_itc, sims = itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, queues["image"],
-                             queues["text"], temp, alpha, idx if use_idx else None,
-                             queues.get("idx") if use_idx else None)
+      l_itc, sims = itc_loss(
+        image_feat,
+        text_feat,
+        image_feat_m,
+        text_feat_m,
+        queues["image"],
+        queues["text"],
+        temp,
+        alpha,
+        idx if use_idx else None,
+        queues.get("idx") if use_idx else None,
+      )
       # 5. ITM: positives, then hard negatives drawn without gradient
       b = ids.shape[0]
       if obj.negatives == "local":
@@ -113,16 +129,22 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
       else:
         sim_i2t = image_feat @ text_feat.T / temp
         sim_t2i = sim_i2t.T
-      neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, mode=obj.negatives,
-                                        groups=obj.negative_groups, idx=idx)
+      neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, mode=obj.negatives, groups=obj.negative_groups, idx=idx)
       # One pass over [positives; text with negative image; negative text with image]: each image's
       # cross-attention K/V are projected once and gathered (the official code recomputes them for
       # every pair). The decoder below projects the same K/V from the same image tokens; XLA's CSE
       # can share that too.
       rows = jnp.arange(b)
-      logits = apply(p, Blip.itm_logits, jnp.concatenate([ids, ids, ids[neg_txt]]),
-                     jnp.concatenate([mask, mask, mask[neg_txt]]), img, train=True, rng=r(5),
-                     image_index=jnp.concatenate([rows, neg_img, rows]))
+      logits = apply(
+        p,
+        Blip.itm_logits,
+        jnp.concatenate([ids, ids, ids[neg_txt]]),
+        jnp.concatenate([mask, mask, mask[neg_txt]]),
+        img,
+        train=True,
+        rng=r(5),
+        image_index=jnp.concatenate([rows, neg_img, rows]),
+      )
       l_itm = itm_loss(logits[:b], logits[b:])
       # 6. LM with label smoothing ([DEC] replaces [CLS] inside decode)
       logits = apply(p, Blip.decode, ids, mask, img, train=True, rng=r(7))
@@ -144,16 +166,16 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     if accum_steps == 1:
       grads, metrics, (feat_i, feat_t) = micro(params, momentum, queues, alpha, batch, rng)
     else:
-      micro_batches = jax.tree.map(
-          lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+      micro_batches = jax.tree.map(lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
 
       def body(acc, xs):
         mb, i = xs
         g, m, f = micro(params, momentum, queues, alpha, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, acc, (g, m)), f
 
-      zeros = jax.tree.map(jnp.zeros_like, (params, {k: jnp.zeros(()) for k in
-                                                     ("loss", "loss_itc", "loss_itm", "loss_lm")}))
+      zeros = jax.tree.map(
+        jnp.zeros_like, (params, {k: jnp.zeros(()) for k in ("loss", "loss_itc", "loss_itm", "loss_lm")})
+      )
       (grads, metrics), feats = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(accum_steps)))
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
       feat_i, feat_t = (f.reshape((-1,) + f.shape[2:]) for f in feats)
@@ -162,8 +184,14 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     # 4. enqueue the global batch of momentum features after the loss
     queues = enqueue(queues, feat_i, feat_t, batch.get("idx") if "idx" in queues else None)
     metrics = dict(metrics, temp=params["temp"], alpha=alpha, grad_norm=optax.tree.norm(grads))
-    new_state = {"step": state["step"] + 1, "params": params, "momentum": momentum,
-                 "opt_state": opt_state, "queues": queues, "rng": r_next}
+    new_state = {
+      "step": state["step"] + 1,
+      "params": params,
+      "momentum": momentum,
+      "opt_state": opt_state,
+      "queues": queues,
+      "rng": r_next,
+    }
     return new_state, metrics
 
   return step

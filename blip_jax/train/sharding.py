@@ -6,12 +6,14 @@ under the Explicit default of jax.make_mesh, reference s.11). The batch is split
 parameters are split over fsdp along "embed" and over tensor along head/MLP/vocab widths. Shardings
 come from `eval_shape` of the boxed state, so the real state is born sharded by `jit(out_shardings)`.
 """
+
 from __future__ import annotations
 
-import jax
 import flax.linen as nn
+import jax
 import optax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from blip_jax.models.blip import boxed_param_shapes
 from blip_jax.models.config import BlipConfig
@@ -30,6 +32,7 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
     # e.g. a size-2 axis on a 4x4x4 torus: no product of whole physical axes gives it, so let
     # the mesh split a physical axis (still contiguous, just less ideal for collectives).
     from jax.experimental import mesh_utils
+
     grid = mesh_utils.create_device_mesh(tuple(shape), devices, allow_split_physical_axes=True)
     return jax.sharding.Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
 

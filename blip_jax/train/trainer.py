@@ -8,6 +8,7 @@ loss stops the run naming the step; checkpoints are only written after the losse
 one were checked, so the last checkpoint on disk is always a good one. Whatever stops the loop, the
 save in flight is finished and the loader, checkpointer and metric writers are closed.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,12 @@ class Preemption:
   to every process's (an array); the default is jax's process_allgather.
   """
 
-  def __init__(self, check_every: int = 1, gather: Callable[[np.ndarray], np.ndarray] | None = None,
-               num_processes: int | None = None):
+  def __init__(
+    self,
+    check_every: int = 1,
+    gather: Callable[[np.ndarray], np.ndarray] | None = None,
+    num_processes: int | None = None,
+  ):
     self.requested: str | None = None
     self.check_every = max(1, check_every)
     self.num_processes = jax.process_count() if num_processes is None else num_processes
@@ -82,6 +87,7 @@ class Preemption:
 
 def _process_allgather(flag: np.ndarray) -> np.ndarray:
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(flag)
 
 
@@ -89,8 +95,11 @@ def maybe_initialize_distributed() -> None:
   """jax.distributed.initialize() when the environment says several processes run this job (a TPU
   pod slice's hosts, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES set by a launcher)."""
   env = os.environ
-  multi = (env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
-           or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1)
+  multi = (
+    env.get("JAX_COORDINATOR_ADDRESS")
+    or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
+    or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+  )
   if multi and not jax.distributed.is_initialized():
     jax.distributed.initialize()
 
@@ -112,9 +121,12 @@ def _export(state: dict, exp: build.Experiment, workdir: str) -> str:
   directory = os.path.join(workdir, "model")
   tokenizer = os.path.join(workdir, "tokenizer.model")
   queues = {k: np.asarray(v) for k, v in state["queues"].items()}
-  interop.save(interop.Checkpoint(config=exp.model, params=state["params"], momentum_params=state["momentum"],
-                                  queues=queues), directory, "blip_jax",
-               tokenizer if os.path.exists(tokenizer) else None)
+  interop.save(
+    interop.Checkpoint(config=exp.model, params=state["params"], momentum_params=state["momentum"], queues=queues),
+    directory,
+    "blip_jax",
+    tokenizer if os.path.exists(tokenizer) else None,
+  )
   return directory
 
 
@@ -196,8 +208,10 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
     if step == steps:
       last_eval = run_eval(step)
       directory = _export(state, exp, workdir)
-      writer.text(f"wrote the trained model to {directory} "
-                  "(python -m blip_jax.convert turns it into Salesforce or Hugging Face checkpoints)")
+      writer.text(
+        f"wrote the trained model to {directory} "
+        "(python -m blip_jax.convert turns it into Salesforce or Hugging Face checkpoints)"
+      )
   return {"train": last_train, "eval": last_eval, "step": step}
 
 
@@ -222,8 +236,11 @@ def _check_finite(pending: list, ckpt: Checkpointer) -> None:
   for (s, _), m in zip(pending, host):
     if not all(math.isfinite(float(m[k])) for k in LOSSES):
       ckpt.wait()  # the save in flight (of checked steps) completes before we name the last good one
-      raise NonFiniteLoss(f"non-finite loss at step {s}: " + ", ".join(f"{k}={float(m[k])}" for k in LOSSES) +
-                          f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact.")
+      raise NonFiniteLoss(
+        f"non-finite loss at step {s}: "
+        + ", ".join(f"{k}={float(m[k])}" for k in LOSSES)
+        + f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact."
+      )
 
 
 def _train_metrics(exp, metrics, step: int, dt: float, report: dict, loader) -> dict:
@@ -231,11 +248,14 @@ def _train_metrics(exp, metrics, step: int, dt: float, report: dict, loader) -> 
   cfg, step_flops = exp.cfg, report["step_flops"]
   peak = chips.device_peak(report["device_kind"])
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  m.update(lr=float(exp.learning_rate(step - 1)), seconds_per_step=dt, pairs_per_second=cfg.global_batch / dt,
-           tflops_per_device=step_flops / dt / jax.device_count() / 1e12)
+  m.update(
+    lr=float(exp.learning_rate(step - 1)),
+    seconds_per_step=dt,
+    pairs_per_second=cfg.global_batch / dt,
+    tflops_per_device=step_flops / dt / jax.device_count() / 1e12,
+  )
   if peak:
     m["mfu"] = step_flops / dt / jax.device_count() / peak
   if loader.skipped:
     m["skipped_examples"] = loader.skipped
   return m
-

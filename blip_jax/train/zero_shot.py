@@ -5,6 +5,7 @@ next-token accuracy under teacher forcing.
 A text counts as a match of an image when its token ids equal the image's own caption's (synthetic
 scenes can share a caption), so chance R@1 is the mean number of matches / N, reported beside it.
 """
+
 from __future__ import annotations
 
 import jax
@@ -52,7 +53,7 @@ def evaluate(eval_fn, params, data: dict, chunk: int) -> dict:
   n = len(data["ids"])
   feats_i, feats_t, correct, total = [], [], [], []
   for start in range(0, n, chunk):
-    part = {k: v[start:start + chunk] for k, v in data.items()}
+    part = {k: v[start : start + chunk] for k, v in data.items()}
     m = len(part["ids"])
     if m < chunk:  # pad to the compiled shape
       part = {k: np.concatenate([v, np.repeat(v[-1:], chunk - m, 0)]) for k, v in part.items()}
@@ -64,8 +65,12 @@ def evaluate(eval_fn, params, data: dict, chunk: int) -> dict:
   match = (ids[:, None, :] == ids[None, :, :]).all(-1)
   targets = data["ids"][:, 1:][data["mask"][:, 1:] > 0]
   majority = np.bincount(targets).max() / max(len(targets), 1)  # always guessing the commonest token
-  return {"i2t_r1": recall_at(sim, match, 1), "i2t_r5": recall_at(sim, match, 5),
-          "t2i_r1": recall_at(sim.T, match.T, 1), "t2i_r5": recall_at(sim.T, match.T, 5),
-          "chance_r1": float(match.sum(1).mean() / n),
-          "token_accuracy": float(np.concatenate(correct).sum() / max(np.concatenate(total).sum(), 1)),
-          "majority_token_accuracy": float(majority)}
+  return {
+    "i2t_r1": recall_at(sim, match, 1),
+    "i2t_r5": recall_at(sim, match, 5),
+    "t2i_r1": recall_at(sim.T, match.T, 1),
+    "t2i_r5": recall_at(sim.T, match.T, 5),
+    "chance_r1": float(match.sum(1).mean() / n),
+    "token_accuracy": float(np.concatenate(correct).sum() / max(np.concatenate(total).sum(), 1)),
+    "majority_token_accuracy": float(majority),
+  }
