@@ -68,7 +68,7 @@ def run():
   config_flags.DEFINE_config_file("config", None, "experiment config file, optionally :variant", lock_config=True)
   flags.DEFINE_string("topology", None, "TPU topology to compile for, e.g. v5p:4x4x4 (needs libtpu)")
   flags.mark_flags_as_required(["config"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(main)  # exits with main's return value
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def data(sources, tokenizer, scale=(0.2, 1.0)):
       prefetch=2,
       seed=0,
       max_skip_fraction=0.01,  # stop when more than this fraction of examples is unreadable
+      max_image_pixels=89_478_485,  # larger images are skipped as decompression bombs (PIL's default)
       scale=tuple(scale),
       flip=True,
       randaug=True,

@@ -28,3 +28,14 @@ def pytest_configure(config):
 def devices():
   assert len(jax.devices()) == 8, "tests expect 8 simulated CPU devices"
   return jax.devices()
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory):
+  """An uninterrupted run of the smoke config through the real CLI, checkpointing every 2 steps."""
+  from tests.trainer_runs import cli
+
+  wd = tmp_path_factory.mktemp("baseline")
+  rc, out = cli(wd, "--config.checkpoint_every=2", "--config.tensorboard=True")
+  assert rc == 0, out
+  return wd, out

@@ -43,11 +43,17 @@ class _Load:
       record = self.sources[k][i]
       return self.preprocess(record, i, example_rng(self.seed + k, i, epoch))
     except BadExample as e:  # unusable input (unreadable image, ...): counted and skipped
-      return _Bad(str(e))
-    except DataError:
-      raise
+      return _Bad(f"{e} [source {k}: {self._describe(k, i)}]")
     except Exception as e:  # anything else is a bug or a misconfiguration: stop, saying where
-      raise DataError(f"source {k} example {i} (epoch {epoch}): {type(e).__name__}: {e}") from e
+      raise DataError(f"source {k} example {i} (epoch {epoch}; {self._describe(k, i)}): {type(e).__name__}: {e}") from e
+
+  def _describe(self, k: int, i: int) -> str:
+    describe = getattr(self.sources[k], "describe", None)
+    return describe(i) if describe else f"example {i}"
+
+
+# More unreadable examples than this in a row is a misconfiguration, not bad luck: stop, naming one.
+MAX_CONSECUTIVE_BAD = 1000
 
 
 class _SkipBadIterator(grain.DatasetIterator):
@@ -62,6 +68,10 @@ class _SkipBadIterator(grain.DatasetIterator):
       if isinstance(value, _Bad):
         skipped += 1
         logging.warning("skipped example: %s", value.reason)
+        if skipped >= MAX_CONSECUTIVE_BAD:  # e.g. a wrong image_root: never spin forever
+          raise DataError(
+            f"{skipped} examples in a row were unreadable (the last: {value.reason}); is image_root right?"
+          )
         continue
       value["skipped"] = np.int32(skipped)  # summed per batch by the Loader (counts cross processes)
       return value
@@ -153,7 +163,16 @@ class Loader:
       )
     self.dataset = it
     self.grain_iterator = iter(it)
-    self.seen = self.skipped = 0
+    # records dropped at load time (skip_bad_records) count like unreadable examples in `skipped` and
+    # `seen`; their share of the annotation records is checked against the threshold once, here
+    self.dropped = sum(getattr(src, "skipped_records", 0) for src in self.sources)
+    self.seen = self.skipped = self.dropped
+    records = sum(len(src) for src in self.sources) + self.dropped
+    if self.dropped > config.max_skip_fraction * records:
+      raise DataError(
+        f"{self.dropped} of {records} annotation records dropped as malformed ({self.dropped / records:.1%} > "
+        f"max_skip_fraction {config.max_skip_fraction:.1%}); the log names them"
+      )
 
   def __iter__(self):
     return self
@@ -165,18 +184,23 @@ class Loader:
     self.seen += n + skipped
     self.skipped += skipped
     c = self.config
-    if self.seen >= c.min_seen and self.skipped > c.max_skip_fraction * self.seen:
+    seen, skipped = self.seen - self.dropped, self.skipped - self.dropped  # examples read in this stream
+    if seen >= c.min_seen and skipped > c.max_skip_fraction * seen:
       raise DataError(
-        f"{self.skipped} of {self.seen} examples skipped ({self.skipped / self.seen:.1%} > "
+        f"{skipped} of {seen} examples skipped ({skipped / seen:.1%} > "
         f"max_skip_fraction {c.max_skip_fraction:.1%}); the log names the files"
       )
     return batch
 
   def state(self) -> dict:
-    return self.grain_iterator.get_state()
+    """The position (grain's iterator state) and the skip counters: json-able."""
+    return {"iterator": self.grain_iterator.get_state(), "seen": self.seen, "skipped": self.skipped}
 
   def restore(self, state: dict) -> None:
-    self.grain_iterator.set_state(state)
+    if "iterator" not in state:  # checkpoints written before the counters were saved
+      state = {"iterator": state, "seen": self.seen, "skipped": self.skipped}
+    self.grain_iterator.set_state(state["iterator"])
+    self.seen, self.skipped = int(state["seen"]), int(state["skipped"])
 
   def close(self) -> None:
     """Stop worker processes and reader threads (they otherwise run until garbage collection)."""

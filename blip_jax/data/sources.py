@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from typing import Any, Sequence
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # The record formats (their required keys); `TASK_FORMAT` says which one each model task trains on.
@@ -45,8 +47,9 @@ class BadExample(DataError):
   """One unusable example (unreadable image, ...): skippable."""
 
 
-def load_annotations(path: str, kind: str, skip_bad_records: bool = False) -> tuple[list[dict], int]:
-  """Records of one annotation file, validated for `kind`. Returns (records, number skipped)."""
+def load_annotations(path: str, kind: str, skip_bad_records: bool = False, with_indices: bool = False) -> tuple:
+  """Records of one annotation file, validated for `kind`. Returns (records, number skipped), and with
+  with_indices=True also each kept record's index in the file."""
   if kind not in RECORD_FORMATS:
     raise ValueError(f"kind={kind!r}: must be one of {sorted(RECORD_FORMATS)}")
   try:
@@ -54,11 +57,13 @@ def load_annotations(path: str, kind: str, skip_bad_records: bool = False) -> tu
       data = json.load(f)
   except FileNotFoundError:
     raise DataError(f"{path}: annotation file not found") from None
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
   except json.JSONDecodeError as e:
     raise DataError(f"{path}: malformed json at line {e.lineno}, column {e.colno}: {e.msg}") from None
   if not isinstance(data, list):
     raise DataError(f"{path}: expected a json list of records, found {type(data).__name__}")
-  records, skipped = [], 0
+  records, skipped, indices = [], 0, []
   for i, rec in enumerate(data):
     problem = _check(rec, RECORD_FORMATS[kind])
     if problem:
@@ -68,7 +73,8 @@ def load_annotations(path: str, kind: str, skip_bad_records: bool = False) -> tu
       logging.warning("%s: record %d skipped: %s", path, i, problem)
       continue
     records.append(rec)
-  return records, skipped
+    indices.append(i)
+  return (records, skipped, indices) if with_indices else (records, skipped)
 
 
 def _check(rec: Any, required: dict) -> str | None:
@@ -79,31 +85,79 @@ def _check(rec: Any, required: dict) -> str | None:
       return f"missing key {key!r}"
     if not isinstance(rec[key], types):
       return f"key {key!r} has type {type(rec[key]).__name__}"
+  for key, value in rec.items():  # json allows lone surrogates ("\\ud800"); no tokenizer does
+    for text in value if isinstance(value, list) else [value]:
+      if isinstance(text, str) and not _is_utf8(text):
+        return f"key {key!r} holds text that is not valid Unicode (a lone surrogate)"
   return None
 
 
-def load_image(path: str) -> Image.Image:
-  """RGB PIL image, fully decoded now (truncated files fail here, not later)."""
+def _is_utf8(text: str) -> bool:
   try:
-    with Image.open(path) as img:
-      img.load()
-      return img.convert("RGB")
+    text.encode("utf-8")
+    return True
+  except UnicodeEncodeError:
+    return False
+
+
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb limit; config.data.max_image_pixels overrides
+
+
+def load_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+  """RGB PIL image, fully decoded now (truncated files fail here, not later).
+
+  Every PIL mode is converted as the official `Image.open(p).convert("RGB")` would, except high bit
+  depths, which PIL's conversion clips to white: 16-bit and 32-bit integer greyscale are scaled to 8
+  bits (v / 257), float greyscale clipped to [0, 255]. Raises BadExample naming the file for a missing,
+  unreadable or truncated file and for an image of more than `max_pixels` pixels (a decompression bomb).
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
+      with Image.open(path) as img:
+        if img.width * img.height > max_pixels:
+          raise BadExample(
+            f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (a decompression bomb?; config.data.max_image_pixels)"
+          )
+        img.load()
+        return _to_rgb(img)
   except FileNotFoundError:
     raise BadExample(f"{path}: image not found") from None
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if isinstance(e, BadExample):
+      raise
     raise BadExample(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+  if img.mode.startswith("I;16") or img.mode == "I":
+    grey = np.clip(np.round(np.asarray(img, np.float64) / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+  if img.mode == "F":
+    return Image.fromarray(np.clip(np.round(np.asarray(img, np.float64)), 0, 255).astype(np.uint8), "L").convert("RGB")
+  return img.convert("RGB")
 
 
 class JsonSource:
   """Random access over one or more annotation files of one kind; images resolved under image_root."""
 
-  def __init__(self, ann_files: Sequence[str], image_root: str, kind: str, skip_bad_records: bool = False):
-    self.kind, self.image_root = kind, image_root
+  def __init__(
+    self,
+    ann_files: Sequence[str],
+    image_root: str,
+    kind: str,
+    skip_bad_records: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+  ):
+    self.kind, self.image_root, self.max_image_pixels = kind, image_root, max_image_pixels
     self.records: list[dict] = []
+    self.origins: list[tuple[str, int]] = []  # (annotation file, record index in it) per record
     self.skipped_records = 0
     for path in ann_files:
-      recs, skipped = load_annotations(path, kind, skip_bad_records)
+      recs, skipped, indices = load_annotations(path, kind, skip_bad_records, with_indices=True)
       self.records += recs
+      self.origins += [(path, j) for j in indices]
       self.skipped_records += skipped
 
   def __len__(self) -> int:
@@ -114,10 +168,15 @@ class JsonSource:
     names = rec["images"] if self.kind == "nlvr" else [rec["image"]]
     return [os.path.join(self.image_root, n) for n in names]
 
+  def describe(self, i: int) -> str:
+    """Where example i comes from, for messages."""
+    path, j = self.origins[i]
+    return f"{path} record {j} ({', '.join(self.image_paths(i))})"
+
   def __getitem__(self, i: int) -> dict:
     """The record plus decoded images under "pil" (a list for NLVR2). Raises BadExample."""
     out = dict(self.records[i])
-    out["pil"] = [load_image(p) for p in self.image_paths(i)]
+    out["pil"] = [load_image(p, self.max_image_pixels) for p in self.image_paths(i)]
     return out
 
 
@@ -135,6 +194,9 @@ class SyntheticSource:
 
   def __len__(self) -> int:
     return self.num
+
+  def describe(self, i: int) -> str:
+    return f"synthetic example {self.offset + i}"
 
   def __getitem__(self, i: int) -> dict:
     img, ex = self.world[self.offset + i]
@@ -160,9 +222,13 @@ def make_source(spec: dict, fmt: str):
   spec.pop("weight", None)
   try:
     if kind == "json":
-      return JsonSource(
-        list(spec.pop("ann")), spec.pop("image_root"), fmt, skip_bad_records=spec.pop("skip_bad_records", False), **spec
-      )
+      ann = spec.pop("ann", None)
+      if not ann or not isinstance(ann, (str, list, tuple)):
+        raise ValueError(f"data source 'json': 'ann' must name the annotation file(s), a path or a list; got {ann!r}")
+      if "image_root" not in spec:
+        raise ValueError("data source 'json': missing key 'image_root' (the folder the records' image paths start in)")
+      ann = [ann] if isinstance(ann, str) else list(ann)
+      return JsonSource(ann, spec.pop("image_root"), fmt, **spec)
     if kind == "tfds":
       from blip_jax.data.tfds_source import TfdsSource
 

@@ -85,6 +85,10 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self._source)
 
+  def describe(self, i: int) -> str:
+    """Where example i comes from, for messages."""
+    return f"{self.where} record {i}"
+
   def __getitem__(self, i: int) -> dict:
     where = f"{self.where} record {i}"
     try:

@@ -1,29 +1,75 @@
 """python -m blip_jax.train --config experiments/demo.py[:variant] --workdir DIR [--config.key=value ...]
 
 Trains (or resumes) the experiment in DIR. See README.md and blip_jax/train/trainer.py.
+
+An anticipated failure (bad config or data, non-finite loss, a busy workdir, a full disk, a checkpoint
+that does not restore) prints one error line and where the run can resume from, and exits 1; pass
+--verbosity=0 (or set BLIP_JAX_TRACEBACK=1) for the full traceback.
 """
+
+import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from blip_jax.train.trainer import train
+from blip_jax.data.sources import DataError
+from blip_jax.interop import CheckpointError
+from blip_jax.train.checkpoints import committed_steps
+from blip_jax.train.trainer import NonFiniteLoss, train
+from blip_jax.train.workdir_lock import WorkdirBusy
 
 config_flags.DEFINE_config_file("config", None, "experiment config file, optionally with :variant", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics, TensorBoard events and the resolved config")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# What a run can be stopped by without a bug in blip_jax: reported in one line.
+ANTICIPATED = (ValueError, DataError, CheckpointError, NonFiniteLoss, WorkdirBusy, OSError, RuntimeError)
 
-def main(argv):
+
+def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  verbose = flags.FLAGS["verbosity"].present or os.environ.get("BLIP_JAX_TRACEBACK") == "1"
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  workdir = flags.FLAGS.workdir
+  try:
+    train(flags.FLAGS.config, workdir)
+  except ANTICIPATED as e:
+    if verbose:
+      raise
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    if not isinstance(e, WorkdirBusy):
+      steps = committed_steps(workdir)
+      where = f"the last checkpoint on disk is step {steps[-1]}" if steps else "no checkpoint was written"
+      print(
+        f"the run stopped; {where} (rerun the same command to resume; --verbosity=0 for the traceback)", file=sys.stderr
+      )
+    return 1
+  return 0
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad `--config.key=value` override reported in one line naming it."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by config_flags overrides
+    key = str(e).strip("'\" ")
+    given = [a for a in argv if a.startswith("--config.")]
+    culprit = next((a for a in given if a.split("=")[0].split(".")[-1] == key), None) or " ".join(given)
+    print(
+      f"error: bad config override {culprit}: {type(e).__name__}: {e} (no such key, or a wrong type)", file=sys.stderr
+    )
+    sys.exit(2)
 
 
 def run():
   """Console entry point (`blip-jax-train`)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

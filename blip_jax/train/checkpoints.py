@@ -2,12 +2,16 @@
 each process's data-iterator position (grain's orbax handler, one file per process) and the config.
 
 Saves are asynchronous (the step loop continues while arrays are written); restoring takes the target
-shardings, so a checkpoint written on one mesh restores onto another (orbax reshards).
+shardings, so a checkpoint written on one mesh restores onto another (orbax reshards). Unfinished
+saves (`*.orbax-checkpoint-tmp*`, left by a killed run or a full disk) are removed when the manager
+opens the directory, and `restore_latest` falls back past a damaged newest checkpoint to the newest
+one that restores, saying which it skipped and why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import grain
@@ -34,6 +38,15 @@ class _IteratorPosition:
     pass
 
 
+def committed_steps(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints in `workdir/checkpoints`, ascending (orbax names a finished save
+  by its step; unfinished ones carry a tmp suffix)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
 def _to_disk(state: dict) -> dict:
   """Typed PRNG keys are stored as their raw uint32 data."""
   return dict(state, rng=jax.random.key_data(state["rng"]))
@@ -46,7 +59,9 @@ class Checkpointer:
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
       self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+      ),
       item_handlers={
         "state": ocp.StandardCheckpointHandler(),
         "data": grain.checkpoint.CheckpointHandler(),
@@ -81,6 +96,30 @@ class Checkpointer:
     state = dict(restored["state"])
     state["rng"] = jax.random.wrap_key_data(state["rng"])
     return state
+
+  def restore_latest(self, abstract_state: dict, loader, log=logging.warning) -> tuple[int, dict] | None:
+    """(step, state) of the newest checkpoint that restores, or None when there is none. A checkpoint
+    that fails to restore (deleted or truncated files, ...) is reported through `log` and skipped.
+    Raises RuntimeError when checkpoints exist but none restores."""
+    failures, bad_steps = [], []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.restore(step, abstract_state, loader)
+      except Exception as e:  # orbax / tensorstore raise many types for damaged files
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        failures.append(f"step {step}: {reason}")
+        bad_steps.append(step)
+        log(f"checkpoint {step} in {self.directory} does not restore ({reason}); trying the previous one")
+        continue
+      if bad_steps and jax.process_index() == 0:  # keep the damaged ones for inspection, out of the way
+        for bad_step in bad_steps:
+          os.replace(os.path.join(self.directory, str(bad_step)), os.path.join(self.directory, f"damaged-{bad_step}"))
+          log(f"moved the damaged checkpoint to {os.path.join(self.directory, f'damaged-{bad_step}')}")
+        self.manager.reload()
+      return step, restored
+    if failures:
+      raise RuntimeError(f"no checkpoint in {self.directory} restores: " + "; ".join(failures))
+    return None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

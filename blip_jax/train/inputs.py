@@ -66,15 +66,21 @@ def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
   )
 
 
-def _sources(specs, task: str, where: str):
+def _sources(cfg, specs, where: str):
   if not specs:
     raise ValueError(f"{where}: no data sources configured")
-  return [make_source(dict(s), TASK_FORMAT[task]) for s in specs], [float(dict(s).get("weight", 1.0)) for s in specs]
+  out = []
+  for spec in specs:
+    spec = dict(spec)
+    if spec.get("type") == "json" and "max_image_pixels" not in spec and cfg.data.get("max_image_pixels"):
+      spec["max_image_pixels"] = cfg.data.max_image_pixels
+    out.append(make_source(spec, TASK_FORMAT[cfg.model.task]))
+  return out, [float(dict(s).get("weight", 1.0)) for s in specs]
 
 
 def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, process_count: int) -> Loader:
   d = cfg.data
-  sources, weights = _sources(d.sources, cfg.model.task, "config.data.sources")
+  sources, weights = _sources(cfg, d.sources, "config.data.sources")
   lc = LoaderConfig(
     batch_size=cfg.global_batch // process_count,
     workers=d.workers,
@@ -95,7 +101,7 @@ def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, proce
 
 def eval_loader(cfg, tok: Tokenizer, image_size: int) -> Loader:
   """Held-out pairs in order, once, eval transform (every process reads all of them)."""
-  sources, _ = _sources(cfg.eval.sources, cfg.model.task, "config.eval.sources")
+  sources, _ = _sources(cfg, cfg.eval.sources, "config.eval.sources")
   lc = LoaderConfig(
     batch_size=cfg.eval.batch,
     shuffle=False,

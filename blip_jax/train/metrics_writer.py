@@ -1,5 +1,10 @@
 """Training metrics to stdout, `workdir/metrics.jsonl` and TensorBoard event files (tensorboardX, no
-tensorflow). Only process 0 writes; the others get a writer that drops everything."""
+tensorflow). Only process 0 writes; the others get a writer that drops everything.
+
+metrics.jsonl stays valid JSONL whatever happens: each record is one `write` of a whole line to a file
+opened for appending, and a torn last line (a run killed mid-write, a full disk) is cut off when the
+next run opens the file, with a message.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,11 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    torn = repair_jsonl(path)
+    if torn:
+      print(f"{path}: removed a torn last line ({torn} bytes) left by an interrupted write", flush=True)
+    self._jsonl = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     if tensorboard:
       from tensorboardX import SummaryWriter
 
@@ -28,7 +37,8 @@ class MetricWriter:
     if not self.enabled:
       return
     metrics = {k: float(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": step, "split": prefix, "time": time.time(), **metrics}) + "\n")
+    line = json.dumps({"step": step, "split": prefix, "time": time.time(), **metrics}) + "\n"
+    os.write(self._jsonl, line.encode())  # one append of the whole line
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f"{prefix}/{k}", v, step)
@@ -53,10 +63,40 @@ class MetricWriter:
       print(("\r\033[K" if self._tty else "") + line, flush=True)
 
   def close(self) -> None:
-    if self._jsonl:
-      self._jsonl.close()
+    if self._jsonl is not None:
+      os.close(self._jsonl)
+      self._jsonl = None
     if self._tb:
       self._tb.close()
+      self._tb = None
+
+
+def repair_jsonl(path: str) -> int:
+  """Cut a last line that does not end in a newline (an interrupted write); returns the bytes removed."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, "rb+") as f:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size == 0:
+      return 0
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return 0
+    pos = size - 1
+    while pos > 0:  # back to the newline before the torn line
+      step = min(4096, pos)
+      f.seek(pos - step)
+      chunk = f.read(step)
+      cut = chunk.rfind(b"\n")
+      if cut != -1:
+        keep = pos - step + cut + 1
+        break
+      pos -= step
+    else:
+      keep = 0
+    f.truncate(keep)
+    return size - keep
 
 
 def _fmt(v: float) -> str:

@@ -11,6 +11,7 @@ save in flight is finished and the loader, checkpointer and metric writers are c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from blip_jax.train.ahead_of_time import batch_layout, compile_train_step, forma
 from blip_jax.train.checkpoints import Checkpointer
 from blip_jax.train.metrics_writer import MetricWriter, format_eta
 from blip_jax.train.pretrain_step import init_state
+from blip_jax.train.workdir_lock import WorkdirLock
 
 LOSSES = ("loss", "loss_itc", "loss_itm", "loss_lm")
 
@@ -131,30 +133,35 @@ def _export(state: dict, exp: build.Experiment, workdir: str) -> str:
 
 
 def train(cfg, workdir: str) -> dict:
-  """Run (or resume) the experiment `cfg` in `workdir`. Returns the last train and eval metrics."""
+  """Run (or resume) the experiment `cfg` in `workdir`. Returns the last train and eval metrics.
+
+  Raises WorkdirBusy when another run holds the workdir, ValueError for a bad config (before anything
+  compiles), NonFiniteLoss, DataError; in every case the save in flight is finished first."""
   maybe_initialize_distributed()
   is_main = jax.process_index() == 0
-  tok = inputs.tokenizer(cfg, workdir, write=is_main)
-  exp = build.experiment(cfg, jax.device_count(), jax.process_count(), tok)
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=2))
-  writer = MetricWriter(workdir, enabled=is_main, tensorboard=cfg.get("tensorboard", True))
-  loader = ckpt = None
-  try:
-    loader = inputs.train_loader(cfg, tok, exp.model.vision.image_size, jax.process_index(), jax.process_count())
-    ckpt = Checkpointer(workdir, cfg.get("keep_checkpoints", 3), cfg.get("async_checkpoints", True))
-    return _run(exp, workdir, loader, ckpt, writer, tok)
-  finally:  # whatever stopped the run: finish the save in flight, stop reader threads, flush metrics
-    if ckpt is not None:
-      ckpt.close()
-    if loader is not None:
-      loader.close()
-    writer.close()
+  with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+    # from here until the run returns, SIGTERM / SIGINT mean "stop at the next agreed step and save"
+    with Preemption(cfg.get("preemption_check_every", 10)) as pre:
+      tok = inputs.tokenizer(cfg, workdir, write=is_main)
+      exp = build.experiment(cfg, jax.device_count(), jax.process_count(), tok)
+      if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+          f.write(cfg.to_json_best_effort(indent=2))
+      writer = MetricWriter(workdir, enabled=is_main, tensorboard=cfg.get("tensorboard", True))
+      loader = ckpt = None
+      try:
+        loader = inputs.train_loader(cfg, tok, exp.model.vision.image_size, jax.process_index(), jax.process_count())
+        ckpt = Checkpointer(workdir, cfg.get("keep_checkpoints", 3), cfg.get("async_checkpoints", True))
+        return _run(exp, workdir, loader, ckpt, writer, tok, pre)
+      finally:  # whatever stopped the run: finish the save in flight, stop reader threads, flush metrics
+        if ckpt is not None:
+          ckpt.close()
+        if loader is not None:
+          loader.close()
+        writer.close()
 
 
-def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer: MetricWriter, tok) -> dict:
+def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer: MetricWriter, tok, pre) -> dict:
   cfg, steps = exp.cfg, exp.total_steps
   mesh = S.make_mesh(exp.mesh_shape)
   specs, shardings = state_layout(exp, mesh)
@@ -165,7 +172,14 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
     compiled, report = compile_train_step(exp, mesh, specs, shardings, batch_layout(exp, bsh, example))
     writer.text(f"compiled the step in {report['compile_s']:.1f}s\n{format_report(report)}")
     eval_fn = jax.jit(zero_shot.make_eval_fn(exp.model))
-    eval_data = zero_shot.collect(inputs.eval_loader(cfg, tok, exp.model.vision.image_size), cfg.eval.num)
+    eval_loader = inputs.eval_loader(cfg, tok, exp.model.vision.image_size)
+    eval_data = zero_shot.collect(eval_loader, cfg.eval.num)
+    eval_loader.close()
+    if len(eval_data["ids"]) < cfg.eval.num or eval_loader.skipped:
+      writer.text(
+        f"evaluation set: {len(eval_data['ids'])} pairs of the {cfg.eval.num} asked for "
+        f"({eval_loader.skipped} unreadable examples skipped)"
+      )
 
     def run_eval(step):
       m = zero_shot.evaluate(eval_fn, state["params"], eval_data, cfg.eval.batch)
@@ -177,34 +191,33 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
     nan_at = cfg.get("debug_nan_at_step", -1)
     t_window, n_window = time.time(), 0
     step = int(jax.device_get(state["step"]))
-    with Preemption(cfg.get("preemption_check_every", 10)) as pre:
-      while step < steps:
-        batch = example if example is not None else next(loader)
-        example = None
-        if step + 1 == nan_at:  # test hook: poison this step's input
-          batch = dict(batch, images=np.full_like(batch["images"], np.nan))
-        state, metrics = compiled(state, to_global_arrays(batch, bsh))
-        step += 1
-        n_window += 1
-        pending.append((step, metrics))
-        stop = pre.should_stop(step)
-        if not (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == steps or stop):
-          writer.progress(step, steps, (time.time() - t_window) / n_window)
-          continue
-        _check_finite(pending, ckpt)
-        if step % cfg.log_every == 0 or step == steps:
-          dt = (time.time() - t_window) / n_window
-          last_train = _train_metrics(exp, pending[-1][1], step, dt, report, loader)
-          writer.write(step, last_train, suffix=f"ETA {format_eta(dt * (steps - step))}")
-          t_window, n_window = time.time(), 0
-        pending = []
-        if cfg.eval.every and step % cfg.eval.every == 0 and step != steps:
-          last_eval = run_eval(step)
-        if step % cfg.checkpoint_every == 0 or step == steps or stop:
-          ckpt.save(step, state, loader, config_dict)
-        if stop:
-          writer.text(f"{pre.requested}: saved step {step}; exiting")
-          break
+    while step < steps:
+      batch = example if example is not None else next(loader)
+      example = None
+      if step + 1 == nan_at:  # test hook: poison this step's input
+        batch = dict(batch, images=np.full_like(batch["images"], np.nan))
+      state, metrics = compiled(state, to_global_arrays(batch, bsh))
+      step += 1
+      n_window += 1
+      pending.append((step, metrics))
+      stop = pre.should_stop(step)
+      if not (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == steps or stop):
+        writer.progress(step, steps, (time.time() - t_window) / n_window)
+        continue
+      _check_finite(pending, ckpt)
+      if step % cfg.log_every == 0 or step == steps:
+        dt = (time.time() - t_window) / n_window
+        last_train = _train_metrics(exp, pending[-1][1], step, dt, report, loader)
+        writer.write(step, last_train, suffix=f"ETA {format_eta(dt * (steps - step))}")
+        t_window, n_window = time.time(), 0
+      pending = []
+      if cfg.eval.every and step % cfg.eval.every == 0 and step != steps:
+        last_eval = run_eval(step)
+      if step % cfg.checkpoint_every == 0 or step == steps or stop:
+        ckpt.save(step, state, loader, config_dict)
+      if stop:
+        writer.text(f"{pre.requested}: saved step {step}; exiting")
+        break
     if step == steps:
       last_eval = run_eval(step)
       directory = _export(state, exp, workdir)
@@ -217,11 +230,10 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
 
 def _initial_state(exp, specs, shardings, ckpt, loader, writer) -> dict:
   """The latest checkpoint in the workdir, else config.init_from, else a fresh init; born sharded."""
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state = ckpt.restore(latest, specs, loader)
-    writer.text(f"resumed from {ckpt.directory} step {latest}")
-    return state
+  restored = ckpt.restore_latest(specs, loader, log=writer.text)
+  if restored is not None:
+    writer.text(f"resumed from {ckpt.directory} step {restored[0]}")
+    return restored[1]
   init = lambda rng: init_state(exp.model, exp.objective, exp.optimizer, rng)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(exp.cfg.seed))
   if exp.cfg.get("init_from"):

@@ -66,6 +66,7 @@ def evaluate(eval_fn, params, data: dict, chunk: int) -> dict:
   targets = data["ids"][:, 1:][data["mask"][:, 1:] > 0]
   majority = np.bincount(targets).max() / max(len(targets), 1)  # always guessing the commonest token
   return {
+    "pairs": float(n),  # what the figures are over (unreadable eval images are skipped, not scored)
     "i2t_r1": recall_at(sim, match, 1),
     "i2t_r5": recall_at(sim, match, 5),
     "t2i_r1": recall_at(sim.T, match.T, 1),
