@@ -7,8 +7,11 @@ that does not restore) prints one error line and where the run can resume from, 
 --verbosity=0 (or set BLIP_JAX_TRACEBACK=1) for the full traceback.
 """
 
+import io
 import os
+import re
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,6 +30,44 @@ flags.mark_flags_as_required(["config", "workdir"])
 ANTICIPATED = (ValueError, DataError, CheckpointError, NonFiniteLoss, WorkdirBusy, OSError, RuntimeError)
 
 
+class HideTracebacks(io.TextIOBase):
+  """stderr without traceback blocks: when a save fails (a full disk, say), orbax's and tensorstore's
+  background threads print hundreds of them, interleaved; the one line that matters is printed by
+  `main`. Counts what it hid; --verbosity=0 or BLIP_JAX_TRACEBACK=1 shows everything."""
+
+  def __init__(self, stream):
+    self._stream, self._pending, self.hidden = stream, "", 0
+    self._skipping = self._after_dropped = False
+    self._lock = threading.Lock()
+
+  def write(self, text: str) -> int:
+    with self._lock:
+      *lines, self._pending = (self._pending + text).split("\n")
+      for line in lines:
+        self._line(line)
+    return len(text)
+
+  def _line(self, line: str) -> None:
+    frame = line.startswith(('  File "', "    "))  # our own output is never indented this deep
+    if line.startswith("Traceback (most recent call last):"):
+      self._skipping, self._after_dropped, self.hidden = True, True, self.hidden + 1
+    elif self._skipping or frame:
+      if self._skipping and not frame and line.strip() and not line.startswith(("During handling", "The above")):
+        self._skipping = False  # the exception line ends the block
+      self._after_dropped = True
+    elif self._after_dropped and _EXCEPTION_LINE.match(line):  # a block's last line, after interleaving
+      self._after_dropped = False
+    elif not line.startswith(("Exception in thread", "Exception ignored")):
+      self._after_dropped = False
+      self._stream.write(line + "\n")
+
+  def flush(self) -> None:
+    self._stream.flush()
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -34,6 +75,10 @@ def main(argv) -> int:
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
   workdir = flags.FLAGS.workdir
+  real_stderr = sys.stderr
+  if not verbose:
+    sys.stderr = HideTracebacks(real_stderr)
+    logging.get_absl_handler().python_handler.stream = sys.stderr  # library errors logged with exc_info
   try:
     train(flags.FLAGS.config, workdir)
   except ANTICIPATED as e:
@@ -46,7 +91,13 @@ def main(argv) -> int:
       print(
         f"the run stopped; {where} (rerun the same command to resume; --verbosity=0 for the traceback)", file=sys.stderr
       )
+    hidden = getattr(sys.stderr, "hidden", 0)
+    if hidden:
+      print(f"({hidden} tracebacks from library threads hidden; --verbosity=0 shows them)", file=sys.stderr)
     return 1
+  except BaseException:  # a bug: its traceback is what the user needs
+    sys.stderr = real_stderr
+    raise
   return 0
 
 
