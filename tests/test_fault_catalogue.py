@@ -124,7 +124,7 @@ def _cases(tmp):
     src = json_source(
       [{"image": "bomb.png", "caption": "x"}] + [{"image": "img.png", "caption": "a red"}] * 40, "bomb.json"
     )
-    rc, out = _train(tmp / "bomb", src, "--config.data.max_image_pixels=1000", "--config.total_steps=2")
+    rc, out = _train(tmp / "bomb", src, "--config.data.max_image_pixels=2000", "--config.total_steps=2")
     return rc == 0 and "bomb.png" in out, out  # skipped, named, and the run goes on
 
   def png16():

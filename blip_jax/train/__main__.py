@@ -87,10 +87,12 @@ def main(argv) -> int:
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     if not isinstance(e, WorkdirBusy):
       steps = committed_steps(workdir)
-      where = f"the last checkpoint on disk is step {steps[-1]}" if steps else "no checkpoint was written"
-      print(
-        f"the run stopped; {where} (rerun the same command to resume; --verbosity=0 for the traceback)", file=sys.stderr
+      where = (
+        f"the last checkpoint on disk is step {steps[-1]} (rerun the same command to resume from it)"
+        if steps
+        else "no checkpoint was written"
       )
+      print(f"the run stopped; {where}. --verbosity=0 shows the traceback", file=sys.stderr)
     hidden = getattr(sys.stderr, "hidden", 0)
     if hidden:
       print(f"({hidden} tracebacks from library threads hidden; --verbosity=0 shows them)", file=sys.stderr)
