@@ -122,9 +122,9 @@ def _cases(tmp):
   def bomb():
     Image.new("RGB", (200, 200)).save(tmp / "bomb.png")
     src = json_source(
-      [{"image": "bomb.png", "caption": "x"}] + [{"image": "img.png", "caption": "a red"}] * 40, "bomb.json"
+      [{"image": "bomb.png", "caption": "x"}] + [{"image": "img.png", "caption": "a red"}] * 10, "bomb.json"
     )
-    rc, out = _train(tmp / "bomb", src, "--config.data.max_image_pixels=2000", "--config.total_steps=2")
+    rc, out = _train(tmp / "bomb", src, "--config.data.max_image_pixels=2000", "--config.total_steps=3")
     return rc == 0 and "bomb.png" in out, out  # skipped, named, and the run goes on
 
   def png16():
