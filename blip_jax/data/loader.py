@@ -112,6 +112,35 @@ def element_stream(
   return grain.MapDataset.mix(streams, weights)
 
 
+class _ProcessBlocks(grain.MapDataset):
+  """Process p's share of a global element stream cut into global batches of `count * local` elements:
+  the p-th contiguous block of `local` elements of each. The global batch that
+  `make_array_from_process_local_data` assembles (process 0's rows first) is then exactly the batch
+  one process would read, so a run on N processes sees the same examples in the same order as on one."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, local: int, index: int, count: int):
+    super().__init__(parent)
+    self._local, self._index, self._count = local, index, count
+    self._length = len(parent) // (local * count) * local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _global(self, i: int) -> int:
+    batch, row = divmod(i, self._local)
+    return (batch * self._count + self._index) * self._local + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._global(index)]
+
+  def __str__(self) -> str:
+    return f"ProcessBlocks(local={self._local}, process={self._index} of {self._count})"
+
+
 @dataclasses.dataclass
 class LoaderConfig:
   batch_size: int  # per process
@@ -148,8 +177,8 @@ class Loader:
       raise ValueError(f"mixture weights {list(weights)} must be positive, one per source ({len(sources)})")
     self.config, self.sources = config, list(sources)
     ds = element_stream([len(s) for s in sources], weights, config.seed, config.shuffle, config.num_epochs)
-    if process_count > 1:  # each process reads a disjoint slice of the same global stream
-      ds = ds[process_index::process_count]
+    if process_count > 1:  # each process reads its block of every global batch of the same stream
+      ds = _ProcessBlocks(ds, config.batch_size, process_index, process_count)
     ds = ds.map(_Load(sources, preprocess, config.seed))
     it = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=max(config.threads, config.batch_size))

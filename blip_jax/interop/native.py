@@ -34,6 +34,8 @@ def save_native(ckpt: Checkpoint, directory: str, tokenizer_file: str | None = N
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "state"), state, force=True)
+  if jax.process_index() != 0:  # on a pod the arrays above are written by every process, the rest by one
+    return
   with open(os.path.join(directory, "model.json"), "w") as f:
     json.dump({"format": "blip_jax", "version": VERSION, "config": ckpt.config.to_dict()}, f, indent=2)
   if tokenizer_file:

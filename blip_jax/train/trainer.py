@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from blip_jax import interop
 from blip_jax.data.loader import to_global_arrays
@@ -94,16 +95,63 @@ def _process_allgather(flag: np.ndarray) -> np.ndarray:
 
 
 def maybe_initialize_distributed() -> None:
-  """jax.distributed.initialize() when the environment says several processes run this job (a TPU
-  pod slice's hosts, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES set by a launcher)."""
+  """jax.distributed.initialize() when the environment says several processes run this job: a TPU pod
+  slice's hosts (detected by jax), or a launcher's JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
+  JAX_PROCESS_ID (e.g. tests/multihost.py, which runs a "pod" of CPU processes on one machine with
+  gloo collectives). BLIP_JAX_HEARTBEAT_TIMEOUT (seconds, default 100) bounds how long the others
+  wait for a process that died."""
   env = os.environ
-  multi = (
-    env.get("JAX_COORDINATOR_ADDRESS")
-    or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
-    or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-  )
-  if multi and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  num = int(env.get("JAX_NUM_PROCESSES", "1"))
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  if not (num > 1 or len(hosts) > 1) or jax.distributed.is_initialized():
+    return
+  kw = {"heartbeat_timeout_seconds": int(env.get("BLIP_JAX_HEARTBEAT_TIMEOUT", "100"))}
+  if num > 1:
+    if not env.get("JAX_COORDINATOR_ADDRESS") or "JAX_PROCESS_ID" not in env:
+      raise ValueError(
+        "JAX_NUM_PROCESSES > 1 needs JAX_COORDINATOR_ADDRESS (host:port of process 0) and "
+        "JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES - 1)"
+      )
+    kw.update(
+      coordinator_address=env["JAX_COORDINATOR_ADDRESS"], num_processes=num, process_id=int(env["JAX_PROCESS_ID"])
+    )
+    if env.get("JAX_PLATFORMS", "") == "cpu":  # CPU devices of several processes talk through gloo
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kw)
+
+
+def check_processes_agree(cfg, workdir: str) -> None:
+  """On several processes: every process sees the same workdir (process 0 leaves a token there the
+  others must find) and runs the same config. Raises ValueError naming the process that differs."""
+  if jax.process_count() == 1:
+    return
+  import hashlib
+
+  from jax.experimental import multihost_utils
+
+  token = os.path.join(workdir, f".process-check-{int(multihost_utils.broadcast_one_to_all(np.int32(os.getpid())))}")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    open(token, "w").close()
+  multihost_utils.sync_global_devices("blip_jax workdir token written")
+  seen = multihost_utils.process_allgather(np.int32(os.path.exists(token)))
+  digest = int(hashlib.sha256(cfg.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:7], 16)
+  digests = multihost_utils.process_allgather(np.int32(digest))
+  multihost_utils.sync_global_devices("blip_jax workdir token read")
+  if jax.process_index() == 0:
+    os.remove(token)
+  if not seen.all():
+    missing = [int(i) for i in np.flatnonzero(seen == 0)]
+    raise ValueError(
+      f"--workdir {workdir} is not visible to process(es) {missing}: every host must see the same "
+      "directory (a shared filesystem such as NFS or gcsfuse)"
+    )
+  if (digests != digests[0]).any():
+    differ = [int(i) for i in np.flatnonzero(digests != digests[0])]
+    raise ValueError(
+      f"process(es) {differ} run a different config than process 0: start every process with the "
+      "same --config and overrides"
+    )
 
 
 def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -> tuple[dict, list[str]]:
@@ -138,6 +186,7 @@ def train(cfg, workdir: str) -> dict:
   Raises WorkdirBusy when another run holds the workdir, ValueError for a bad config (before anything
   compiles), NonFiniteLoss, DataError; in every case the save in flight is finished first."""
   maybe_initialize_distributed()
+  check_processes_agree(cfg, workdir)
   is_main = jax.process_index() == 0
   with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
     # from here until the run returns, SIGTERM / SIGINT mean "stop at the next agreed step and save"
@@ -171,7 +220,8 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
     example = next(loader)
     compiled, report = compile_train_step(exp, mesh, specs, shardings, batch_layout(exp, bsh, example))
     writer.text(f"compiled the step in {report['compile_s']:.1f}s\n{format_report(report)}")
-    eval_fn = jax.jit(zero_shot.make_eval_fn(exp.model))
+    # outputs replicated: every process (of a pod too) gets the whole result to score
+    eval_fn = jax.jit(zero_shot.make_eval_fn(exp.model), out_shardings=NamedSharding(mesh, PartitionSpec()))
     eval_loader = inputs.eval_loader(cfg, tok, exp.model.vision.image_size)
     eval_data = zero_shot.collect(eval_loader, cfg.eval.num)
     eval_loader.close()
