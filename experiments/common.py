@@ -56,6 +56,7 @@ def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=()
   c.async_checkpoints = True
   c.tensorboard = True
   c.init_from = ""  # a Salesforce .pth, HF directory or blip_jax checkpoint; used when the workdir has none
+  c.preemption_check_every = 10  # steps between the processes' agreement on a SIGTERM (multi-host only)
   c.debug_nan_at_step = -1  # test hook: feed NaN images at this step
   c.eval = ml_collections.ConfigDict(
     dict(sources=tuple(eval_sources), num=eval_num, batch=eval_batch, every=eval_every)

@@ -66,7 +66,11 @@ def load_native(directory: str) -> Checkpoint:
     raise CheckpointError(meta_path, f"invalid model config ({e})") from None
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      state = ckptr.restore(os.path.join(directory, "state"))
+      # restored as host numpy arrays whatever topology wrote them (a pod's checkpoint on a laptop)
+      meta = ckptr.metadata(os.path.join(directory, "state")).item_metadata
+      meta = meta.tree if hasattr(meta, "tree") else meta
+      target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), meta)
+      state = ckptr.restore(os.path.join(directory, "state"), target)
   except Exception as e:  # orbax raises several types for missing/corrupt directories
     raise CheckpointError(
       os.path.join(directory, "state"), f"unreadable orbax state ({type(e).__name__}: {e})"

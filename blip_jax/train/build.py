@@ -33,6 +33,7 @@ _NUMBERS = (
   ("log_every", int, 1, True),
   ("checkpoint_every", int, 1, True),
   ("keep_checkpoints", int, 1, True),
+  ("preemption_check_every", int, 1, True),
   ("total_steps", int, 0, True),
   ("model.image_size", int, 1, True),
   ("model.drop_path_rate", float, 0.0, True),
