@@ -60,7 +60,19 @@ def test_two_by_four_equals_one_by_eight(single, pod):
       assert abs(got[step][k] - want[step][k]) <= 1e-5 * max(1.0, abs(want[step][k])), (step, k)
   a, b = interop.load(str(single / "model")), interop.load(str(wd / "model"))
   for (path, x), (_, y) in zip(interop.keymap.flatten(a.params), interop.keymap.flatten(b.params)):
-    np.testing.assert_allclose(y, x, atol=1e-5, err_msg="/".join(path))
+    x, y, name = np.array(x), np.array(y), "/".join(path)
+    # Attention key biases have an exactly zero true gradient (softmax ignores a constant shift per query),
+    # so what Adam sees there is float32 rounding noise, normalised to full-size steps: reduction order
+    # (one process or two) legitimately changes it. Every other parameter must agree to 1e-5.
+    if name.endswith("attn/qkv/bias"):
+      d = x.shape[0] // 3
+      key = slice(d, 2 * d)
+      np.testing.assert_allclose(y[key], x[key], atol=1e-3, err_msg=name)
+      x[key] = y[key] = 0
+    elif name.endswith("self/key/bias"):
+      np.testing.assert_allclose(y, x, atol=1e-3, err_msg=name)
+      continue
+    np.testing.assert_allclose(y, x, atol=1e-5, err_msg=name)
   ea, eb = _eval(single), _eval(wd)
   for k in ("i2t_r1", "t2i_r1", "token_accuracy", "pairs"):
     assert abs(ea[k] - eb[k]) <= 1e-6, k
@@ -116,9 +128,13 @@ def test_checkpoints_cross_process_counts(pod, single, tmp_path):
     if d.isdigit() and int(d) > 4:
       shutil.rmtree(one / "checkpoints" / d)
   _ok(wait(launch(2, 4, one, *STEPS, "--config.checkpoint_every=4")))  # and the other way
-  for wd in (two, one):
-    assert max(losses(wd)) == 10
-    assert all(np.isfinite(v) for r in losses(wd).values() for v in r.values())
+  want = losses(single)
+  for wd in (two, one):  # the same global batches follow, so the same losses as the uninterrupted run
+    got = losses(wd)
+    assert max(got) == 10
+    for step in range(5, 11):
+      for k in want[step]:
+        assert abs(got[step][k] - want[step][k]) <= 1e-5 * max(1.0, abs(want[step][k])), (wd.name, step, k)
 
 
 @pytest.mark.parametrize("case", ["workdir", "config", "batch"])

@@ -175,7 +175,7 @@ class Loader:
       raise ValueError(f"batch_size={config.batch_size}: must be >= 1")
     if weights is not None and (len(weights) != len(sources) or min(weights) <= 0):
       raise ValueError(f"mixture weights {list(weights)} must be positive, one per source ({len(sources)})")
-    self.config, self.sources = config, list(sources)
+    self.config, self.sources, self.process_count = config, list(sources), process_count
     ds = element_stream([len(s) for s in sources], weights, config.seed, config.shuffle, config.num_epochs)
     if process_count > 1:  # each process reads its block of every global batch of the same stream
       ds = _ProcessBlocks(ds, config.batch_size, process_index, process_count)
@@ -230,6 +230,22 @@ class Loader:
       state = {"iterator": state, "seen": self.seen, "skipped": self.skipped}
     self.grain_iterator.set_state(state["iterator"])
     self.seen, self.skipped = int(state["seen"]), int(state["skipped"])
+
+  def reposition(self, global_batches: int, saved: list[dict]) -> None:
+    """Continue after `global_batches` global batches from positions saved by another number of
+    processes (`saved`: one `state()` per old process). Exact when no example was skipped (skipped
+    ones moved the old streams further; their elements may be read again); the skip counters are
+    shared out evenly."""
+    if any(not isinstance(s.get("iterator"), dict) or "next_index" not in s["iterator"] for s in saved):
+      raise DataError(
+        "the checkpoint's data position was saved by a different number of processes with grain worker "
+        "processes (config.data.workers > 0); it cannot be carried over: resume with the same number of "
+        "processes, or set data.workers=0 for the resume"
+      )
+    self.grain_iterator.set_state({"next_index": global_batches * self.config.batch_size})
+    n = self.process_count
+    self.seen = sum(int(s.get("seen", 0)) for s in saved) // n
+    self.skipped = sum(int(s.get("skipped", 0)) for s in saved) // n
 
   def close(self) -> None:
     """Stop worker processes and reader threads (they otherwise run until garbage collection)."""

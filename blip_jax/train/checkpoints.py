@@ -81,21 +81,40 @@ class Checkpointer:
     self.manager.save(step, args=args, force=True)
 
   def restore(self, step: int, abstract_state: dict, loader) -> dict:
-    """abstract_state: ShapeDtypeStructs with the target shardings (typed key for rng)."""
+    """abstract_state: ShapeDtypeStructs with the target shardings (typed key for rng). The loader is
+    put at the saved position; a checkpoint written by another number of processes gets the position
+    of the same global batch instead (`Loader.reposition`)."""
     target = dict(abstract_state)
     rng = target["rng"]
     key_shape = jax.eval_shape(jax.random.key_data, rng)
     target["rng"] = jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype, sharding=rng.sharding)
-    restored = self.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        data=grain.checkpoint.CheckpointRestore(_IteratorPosition(loader=loader)),
-      ),
-    )
+    items = {"state": ocp.args.StandardRestore(target)}
+    others = self._positions_of_other_process_count(step)
+    if others is None:
+      items["data"] = grain.checkpoint.CheckpointRestore(_IteratorPosition(loader=loader))
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if others is not None:
+      loader.reposition(step, others)
     state = dict(restored["state"])
     state["rng"] = jax.random.wrap_key_data(state["rng"])
     return state
+
+  def _positions_of_other_process_count(self, step: int) -> list[dict] | None:
+    """The data positions saved by each process when the checkpoint was written by a different number
+    of processes than run now; None when it was written by as many (the usual, exact case)."""
+    data = os.path.join(self.directory, str(step), "data")
+    if not os.path.isdir(data) or os.path.exists(
+      os.path.join(data, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    ):
+      return None
+    files = sorted(f for f in os.listdir(data) if f.startswith("process_") and f.endswith(".json"))
+    if not files:
+      return None
+    positions = []
+    for f in files:
+      with open(os.path.join(data, f)) as fh:
+        positions.append(json.load(fh))
+    return positions
 
   def restore_latest(self, abstract_state: dict, loader, log=logging.warning) -> tuple[int, dict] | None:
     """(step, state) of the newest checkpoint that restores, or None when there is none. A checkpoint
