@@ -1,6 +1,7 @@
 """Multi-host on one machine (tests/multihost.py): 2 processes x 4 CPU devices run the real CLI as one
 8-device mesh and give the same results as 1 process x 8 devices; preemption, a dead process, checkpoints
-across process counts and the usual pod mistakes. Each case starts several trainers: `slow`."""
+across process counts and the usual pod mistakes. The training cases are `slow` (about 5 minutes in
+all); the mistakes fail before compiling and run in the default suite."""
 
 import os
 import signal
@@ -20,7 +21,6 @@ STEPS = (
   "--config.objective.queue_size=32",
   "--config.preemption_check_every=1",
 )
-pytestmark = pytest.mark.slow
 
 
 def _ok(results):
@@ -51,6 +51,7 @@ def _eval(wd):
   return [json.loads(line) for line in open(wd / "metrics.jsonl") if '"eval"' in line][-1]
 
 
+@pytest.mark.slow
 def test_two_by_four_equals_one_by_eight(single, pod):
   wd, results = pod
   want, got = losses(single), losses(wd)
@@ -79,6 +80,7 @@ def test_two_by_four_equals_one_by_eight(single, pod):
   assert "[train]" not in results[1][1]  # only process 0 logs
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   procs = launch(2, 4, tmp_path, *STEPS, "--config.total_steps=200", "--config.checkpoint_every=100")
   t0 = time.time()
@@ -94,6 +96,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert steps == [stopped]
 
 
+@pytest.mark.slow
 def test_dead_process_ends_the_other_then_both_resume(single, tmp_path):
   procs = launch(2, 4, tmp_path, *STEPS, "--config.checkpoint_every=2", heartbeat_timeout=5)
   t0 = time.time()
@@ -113,6 +116,7 @@ def test_dead_process_ends_the_other_then_both_resume(single, tmp_path):
       assert abs(got[step][k] - want[step][k]) <= 1e-5 * max(1.0, abs(want[step][k])), (step, k)
 
 
+@pytest.mark.slow
 def test_checkpoints_cross_process_counts(pod, single, tmp_path):
   import shutil
 
