@@ -211,24 +211,9 @@ def test_annotation_file_errors_name_file_and_record(tmp_path):
 
 
 def test_unknown_config_override_is_named(tmp_path):
-  r = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "blip_jax.train",
-      "--config",
-      "experiments/demo.py:smoke",
-      "--workdir",
-      str(tmp_path),
-      "--config.foo=1",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert r.returncode == 2 and "bad config override --config.foo=1" in r.stderr
-  _no_tracebacks(r.stderr)
+  rc, out = cli(tmp_path, "--config.foo=1")
+  assert rc == 2 and "bad config override --config.foo=1" in out
+  _no_tracebacks(out)
 
 
 @pytest.mark.parametrize(
