@@ -68,6 +68,14 @@ class HideTracebacks(io.TextIOBase):
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
+def _cause(e: BaseException) -> str:
+  """The error's message; when a library wrapped a whole remote traceback into it, its last line."""
+  text = str(e)
+  if "Traceback (most recent call last)" in text:
+    text = [line for line in text.splitlines() if line.strip()][-1]
+  return text
+
+
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -84,7 +92,7 @@ def main(argv) -> int:
   except ANTICIPATED as e:
     if verbose:
       raise
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {type(e).__name__}: {_cause(e)}", file=real_stderr)  # past the filter: always shown
     if not isinstance(e, WorkdirBusy):
       steps = committed_steps(workdir)
       where = (
@@ -92,10 +100,10 @@ def main(argv) -> int:
         if steps
         else "no checkpoint was written"
       )
-      print(f"the run stopped; {where}. --verbosity=0 shows the traceback", file=sys.stderr)
+      print(f"the run stopped; {where}. --verbosity=0 shows the traceback", file=real_stderr)
     hidden = getattr(sys.stderr, "hidden", 0)
     if hidden:
-      print(f"({hidden} tracebacks from library threads hidden; --verbosity=0 shows them)", file=sys.stderr)
+      print(f"({hidden} tracebacks from library threads hidden; --verbosity=0 shows them)", file=real_stderr)
     return 1
   except BaseException:  # a bug: its traceback is what the user needs
     sys.stderr = real_stderr
