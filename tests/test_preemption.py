@@ -6,7 +6,7 @@ import signal
 
 import numpy as np
 
-from blip_jax.train.trainer import Preemption
+from blip_jax.train.distributed import Preemption
 
 
 def test_signal_on_one_of_two_processes_stops_both_at_the_same_step():
