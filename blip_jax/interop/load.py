@@ -94,7 +94,8 @@ def resize_image(ckpt: Checkpoint, image_size: int) -> Checkpoint:
   old = ckpt.config.vision
   if image_size == old.image_size:
     return ckpt
-  vision = dataclasses.replace(old, image_size=image_size)  # validates the patch multiple below
+  vision = dataclasses.replace(old, image_size=image_size)
+  # BlipConfig checks that the new size is a multiple of the patch
   config = ckpt.config.replace(vision=vision)
 
   def resized(tree):
@@ -146,6 +147,7 @@ def load(
   ignore: Iterable[str] = (),
   tokenizer: str | None = None,
   need_tokenizer: bool = False,
+  with_tokenizer: bool = True,
 ) -> Checkpoint:
   """Any BLIP checkpoint as the model of `task` at `image_size`.
 
@@ -157,6 +159,7 @@ def load(
     fmt, config, ignore: see `read`.
     tokenizer: an explicit vocab.txt / tokenizer.model; else the one beside the checkpoint.
     need_tokenizer: raise when no tokenizer is found (else `.tokenizer` is None).
+    with_tokenizer: False: do not look for one (a caller with its own vocabulary, e.g. the trainer).
   Returns:
     Checkpoint with config, params (numpy, blip_jax layout), momentum_params / queues where the task has
     them, notes and tokenizer.
@@ -168,7 +171,7 @@ def load(
     ckpt = narrow(ckpt, task, path)
   if image_size is not None:
     ckpt = resize_image(ckpt, image_size)
-  ckpt.tokenizer = find_tokenizer(path, tokenizer)
+  ckpt.tokenizer = find_tokenizer(path, tokenizer) if with_tokenizer or tokenizer or need_tokenizer else None
   if need_tokenizer and ckpt.tokenizer is None:
     raise CheckpointError(
       path,

@@ -75,7 +75,6 @@ def load_native(directory: str) -> Checkpoint:
     raise CheckpointError(
       os.path.join(directory, "state"), f"unreadable orbax state ({type(e).__name__}: {e})"
     ) from None
-  state = jax.tree.map(np.asarray, state)
   # model.json must describe the stored arrays: an edited or mismatched config is refused here, not
   # discovered later as random weights in an export
   select_params(

@@ -46,7 +46,8 @@ def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -
   """Params (and their momentum copies) from any checkpoint `interop.load` reads, narrowed to this
   task and resized to this image size, checked against the state's shapes."""
   model = exp.model
-  ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size)
+  # the run's own tokenizer decides the vocabulary: one stored beside the checkpoint is not read
+  ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size, with_tokenizer=False)
   params = interop.select_params(state["params"], ckpt.params, path, f"config.model (task {model.task})")
   params = jax.device_put(params, shardings["params"])
   momentum = jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"])
@@ -142,10 +143,10 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
       if not (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == steps or stop):
         writer.progress(step, steps, (time.time() - t_window) / n_window)
         continue
-      _check_finite(pending, ckpt)
+      host = _check_finite(pending, ckpt)
       if step % cfg.log_every == 0 or step == steps:
         dt = (time.time() - t_window) / n_window
-        last_train = _train_metrics(exp, pending[-1][1], step, dt, report, loader)
+        last_train = _train_metrics(exp, host[-1], step, dt, report, loader)
         writer.write(step, last_train, suffix=f"ETA {format_eta(dt * (steps - step))}")
         t_window, n_window = time.time(), 0
       pending = []
@@ -180,8 +181,9 @@ def _initial_state(exp, specs, shardings, ckpt, loader, writer) -> dict:
   return state
 
 
-def _check_finite(pending: list, ckpt: Checkpointer) -> None:
-  """Raise NonFiniteLoss naming the first step since the last check whose loss is NaN or infinite."""
+def _check_finite(pending: list, ckpt: Checkpointer) -> list[dict]:
+  """The pending steps' metrics on the host (one transfer); raises NonFiniteLoss naming the first step
+  since the last check whose loss is NaN or infinite."""
   host = jax.device_get([m for _, m in pending])
   for (s, _), m in zip(pending, host):
     if not all(math.isfinite(float(m[k])) for k in LOSSES):
@@ -191,13 +193,14 @@ def _check_finite(pending: list, ckpt: Checkpointer) -> None:
         + ", ".join(f"{k}={float(m[k])}" for k in LOSSES)
         + f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact."
       )
+  return host
 
 
 def _train_metrics(exp, metrics, step: int, dt: float, report: dict, loader) -> dict:
   """The logged metrics of `step`: losses and scalars of the step, lr, throughput, TFLOP/s and MFU."""
   cfg, step_flops = exp.cfg, report["step_flops"]
   peak = chips.device_peak(report["device_kind"])
-  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  m = {k: float(v) for k, v in metrics.items()}
   m.update(
     lr=float(exp.learning_rate(step - 1)),
     seconds_per_step=dt,
