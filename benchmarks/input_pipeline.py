@@ -132,8 +132,8 @@ def keep_up():
   """The demo config's loader vs its compiled train step, measured one after the other."""
   import jax
 
+  from blip_jax.tasks.pretrain import init_state, make_train_step
   from blip_jax.train import build, inputs
-  from blip_jax.train.pretrain_step import init_state, make_train_step
   from experiments import demo
 
   cfg = demo.get_config()

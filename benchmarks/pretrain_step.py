@@ -37,9 +37,9 @@ import torch  # noqa: E402
 
 from benchmarks.torch_reference import BlipPretrainTorch  # noqa: E402
 from blip_jax.models import BlipConfig, tiny  # noqa: E402
+from blip_jax.tasks.pretrain import Objective, init_state, make_train_step  # noqa: E402
 from blip_jax.train.flops import pretrain_step_flops  # noqa: E402
 from blip_jax.train.optimizer import make_optimizer  # noqa: E402
-from blip_jax.train.pretrain_step import Objective, init_state, make_train_step  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 

@@ -58,7 +58,19 @@ def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=()
   c.init_from = ""  # a Salesforce .pth, HF directory or blip_jax checkpoint; used when the workdir has none
   c.preemption_check_every = 10  # steps between the processes' agreement on a SIGTERM (multi-host only)
   c.debug_nan_at_step = -1  # test hook: feed NaN images at this step
+  c.prompt = ""  # captioning: the decoder prompt, "a picture of " (masked from the LM targets)
   c.eval = ml_collections.ConfigDict(
-    dict(sources=tuple(eval_sources), num=eval_num, batch=eval_batch, every=eval_every)
+    dict(
+      sources=tuple(eval_sources),
+      num=eval_num,  # images (0 = all)
+      batch=eval_batch,
+      every=eval_every,  # steps between evaluations (0 = at the end only); the best model is kept
+      max_captions=8,  # reference captions per image (Karpathy COCO: 5 to 7)
+      k_test=256,  # retrieval: candidates re-ranked by ITM per query (COCO 256, Flickr 128)
+      num_beams=3,  # captioning: beam search (1 = greedy)
+      max_length=20,  # captioning: counts [DEC] and the prompt, as the official code
+      min_length=5,
+      meteor=False,  # captioning: also METEOR (a Java subprocess; skipped without java)
+    )
   )
   return c

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import optax
 
 from blip_jax.models import BlipConfig, TextConfig, VisionConfig
+from blip_jax.tasks.pretrain import Objective, init_state, make_train_step
 from blip_jax.train import chips
 from blip_jax.train import flops as F
 from blip_jax.train.optimizer import make_optimizer
-from blip_jax.train.pretrain_step import Objective, init_state, make_train_step
 
 
 def test_vit_b16_matches_published_gmacs():

@@ -69,8 +69,8 @@ def test_converted_without_queues_loads_at_another_size(pretrain_pth, tmp_path):
 
 def test_trainer_init_from_converted_checkpoint(pretrain_pth, tmp_path):
   """config.init_from at another image size (the smoke config runs at 32 px; the checkpoint is 48)."""
+  from blip_jax.tasks.pretrain import init_state
   from blip_jax.train import build, inputs
-  from blip_jax.train.pretrain_step import init_state
   from blip_jax.train.trainer import _init_from
   from experiments import demo
 

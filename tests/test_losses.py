@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from blip_jax.losses import hard_negatives, itc_loss, itm_loss, lm_loss
-from blip_jax.losses.itm import negative_weights_local
+from blip_jax.losses.itm import negative_weights
 
 TOL = 1e-5
 
@@ -119,10 +119,10 @@ def test_lm_loss_label_smoothing_and_ignore():
 # ---- hard negatives ------------------------------------------------------------------------------
 def test_local_negatives_stay_in_shard_and_avoid_positive():
   sim = jnp.asarray(np.random.default_rng(3).normal(size=(8, 8)) * 5, jnp.float32)
-  w = np.asarray(negative_weights_local(sim, groups=2))
+  w = np.asarray(negative_weights(sim, groups=2))
   assert (np.diag(w) == 0).all() and (w[:4, 4:] == 0).all() and (w[4:, :4] == 0).all()
   assert (w[:4, :4][~np.eye(4, dtype=bool)] >= 1e-4).all()  # the +1e-4 floor
-  draws = jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, mode="local", groups=2)))(
+  draws = jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, groups=2)))(
     jax.random.split(jax.random.key(0), 500)
   )  # (500, 2, 8)
   rows = np.arange(8)
@@ -134,9 +134,7 @@ def test_global_negatives_never_share_an_image_id():
   idx = jnp.asarray([0, 0, 1, 2, 2, 2, 3, 4])
   sim = jnp.asarray(np.random.default_rng(4).normal(size=(8, 8)), jnp.float32)
   draws = np.asarray(
-    jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, mode="global", idx=idx)))(
-      jax.random.split(jax.random.key(1), 500)
-    )
+    jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, idx=idx)))(jax.random.split(jax.random.key(1), 500))
   )
   ids = np.asarray(idx)
   assert (ids[draws] != ids[None, None, :]).all()
@@ -152,9 +150,9 @@ def test_negative_frequencies_follow_weights():
   sim = jnp.asarray(rng.normal(size=(6, 6)) * 2, jnp.float32)
   n = 20000
   draws = np.asarray(
-    jax.vmap(lambda r: hard_negatives(r, sim, sim.T, mode="local", groups=1)[1])(jax.random.split(jax.random.key(2), n))
+    jax.vmap(lambda r: hard_negatives(r, sim, sim.T, groups=1)[1])(jax.random.split(jax.random.key(2), n))
   )  # negative text for each image: weights of sim (i2t)
-  w = np.asarray(negative_weights_local(sim, 1))
+  w = np.asarray(negative_weights(sim, 1))
   for row in range(6):
     p = w[row] / w[row].sum()
     counts = np.bincount(draws[:, row], minlength=6)

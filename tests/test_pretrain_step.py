@@ -10,8 +10,8 @@ import pytest
 
 from blip_jax.models import Blip, tiny
 from blip_jax.models.momentum import momentum_view
+from blip_jax.tasks.pretrain import Objective, init_state, make_train_step
 from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
-from blip_jax.train.pretrain_step import Objective, init_state, make_train_step
 
 B, Q = 8, 24
 

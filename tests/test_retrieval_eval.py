@@ -3,7 +3,7 @@ cosine, score = ITM match logit + cosine, everything else -100)."""
 
 import numpy as np
 
-from blip_jax.evaluate.retrieval import FILL, rerank_scores, retrieval_metrics
+from blip_jax.evaluate.retrieval_metrics import FILL, rerank_scores, retrieval_metrics
 
 
 def brute_force(s_i2t, s_t2i, txt2img, k):

@@ -9,9 +9,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from blip_jax.models import tiny
+from blip_jax.tasks.pretrain import Objective, init_state, make_train_step
 from blip_jax.train import sharding as S
 from blip_jax.train.optimizer import make_optimizer, pretrain_schedule
-from blip_jax.train.pretrain_step import Objective, init_state, make_train_step
 from experiments.common import SHARDING_RULES
 
 CONFIG = tiny("pretrain")
@@ -31,8 +31,8 @@ def _batch():
 
 def _run(shape):
   mesh = S.make_mesh(shape, jax.devices()[: int(np.prod(shape))])
-  queues = jax.eval_shape(lambda: init_state(CONFIG, OBJ, TX, jax.random.key(0))["queues"])
-  sh = S.state_shardings(CONFIG, TX, mesh, SHARDING_RULES, queue_template=queues)
+  template = jax.eval_shape(lambda: init_state(CONFIG, OBJ, TX, jax.random.key(0)))
+  sh = S.state_shardings(CONFIG, TX, mesh, SHARDING_RULES, template=template)
   bsh = S.batch_sharding(mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(SHARDING_RULES):
     state = jax.jit(lambda r: init_state(CONFIG, OBJ, TX, r), out_shardings=sh)(jax.random.key(0))

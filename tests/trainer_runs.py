@@ -19,17 +19,17 @@ def losses(workdir) -> dict[int, dict]:
     for line in f:
       r = json.loads(line)
       if r["split"] == "train":
-        out[r["step"]] = {k: r[k] for k in ("loss", "loss_itc", "loss_itm", "loss_lm")}
+        out[r["step"]] = {k: v for k, v in r.items() if k.startswith("loss")}
   return out
 
 
-def cli(workdir, *overrides, wait=True):
+def cli(workdir, *overrides, wait=True, config="experiments/demo.py:smoke"):
   cmd = [
     sys.executable,
     "-m",
     "blip_jax.train",
     "--config",
-    "experiments/demo.py:smoke",
+    config,
     "--workdir",
     str(workdir),
     f"--config.total_steps={STEPS}",

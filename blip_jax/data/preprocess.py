@@ -4,6 +4,8 @@ BLIP augmentation, text cleaning, tokenisation, VQA answer weights, the NLVR2 le
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 
 import numpy as np
 
@@ -18,7 +20,9 @@ class Preprocess:
   """Record -> arrays for one record format (data.sources.RECORD_FORMATS; reference sections 3, 6, 7).
   Outputs, per example:
     pretrain / retrieval (also captioning, with `prompt`): images (S, S, 3) f32, ids (L,), mask (L,), idx ()
-    eval: images, idx                          vqa: images, ids, mask (question), answer_ids (A, La),
+    eval: images, idx, captions (C,) str (every reference caption, "" padded), num_captions (),
+          image_id () (the record's, else the digits ending the file name, else the index)
+    vqa: images, ids, mask (question), answer_ids (A, La),
     answer_mask (A, La), answer_weight (A,)    nlvr: images (2, S, S, 3), ids, mask, label ()
   idx is the record's image_id where it has one (multi-positive ITC), else the source index."""
 
@@ -34,6 +38,7 @@ class Preprocess:
   randaug: bool = True
   answer_length: int = 8
   max_answers: int = 4
+  max_captions: int = 8  # eval: reference captions kept per image (Karpathy COCO has 5 to 7)
 
   def __post_init__(self):
     if self.fmt not in RECORD_FORMATS:
@@ -68,7 +73,7 @@ class Preprocess:
     out["images"] = images[0]
     out["idx"] = np.int32(record.get("image_id", index) if isinstance(record.get("image_id"), int) else index)
     if t == "eval":
-      return out
+      return dict(out, **self.references(record, index))
     if t == "vqa":
       out["ids"], out["mask"] = self.text(pre_question(record["question"]))
       out.update(self.answers(record))
@@ -78,6 +83,17 @@ class Preprocess:
       caption = caption[int(rng.integers(len(caption)))]
     out["ids"], out["mask"] = self.text(self.prompt + pre_caption(caption, self.max_words))
     return out
+
+  def references(self, record: dict, index: int) -> dict:
+    """Every reference caption of an eval record, raw (the scorers tokenise them), and its image id."""
+    captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
+    if not captions or len(captions) > self.max_captions or not all(isinstance(c, str) for c in captions):
+      raise ValueError(
+        f"key 'caption' holds {len(captions)} entries: an eval record needs 1 to config.eval.max_captions="
+        f"{self.max_captions} caption strings"
+      )
+    refs = np.array(captions + [""] * (self.max_captions - len(captions)))
+    return {"captions": refs, "num_captions": np.int32(len(captions)), "image_id": np.int64(_image_id(record, index))}
 
   def answers(self, record: dict) -> dict:
     answers = record.get("answer", [])
@@ -94,3 +110,13 @@ class Preprocess:
       ids[: len(items)], mask[: len(items)] = a_ids, a_mask
       w[: len(items)] = [v for _, v in items]
     return {"answer_ids": ids, "answer_mask": mask, "answer_weight": w}
+
+
+def _image_id(record: dict, index: int) -> int:
+  """The record's integer image_id; else the digits that end its file name (COCO's
+  COCO_val2014_000000391895.jpg -> 391895, as the official caption evaluation reads it); else `index`."""
+  if isinstance(record.get("image_id"), int):
+    return record["image_id"]
+  stem = os.path.splitext(os.path.basename(str(record.get("image", ""))))[0]
+  digits = re.search(r"(\d+)$", stem)
+  return int(digits.group(1)) if digits else index

@@ -3,6 +3,9 @@
 Formats (reference section 7):
   pretrain   [{image, caption}]                      retrieval / caption train: {image, caption, image_id}
   eval       {image, caption: [...]}                 vqa: {image, question, answer, dataset}
+The retrieval format is the official Karpathy-split train json (coco_karpathy_train.json,
+flickr30k_train.json): image_id may be a string ("coco_391895"); ids are mapped to dense integers in
+order of first appearance, as the official dataset does, so captions of one image share one id.
   nlvr       {images: [a, b], sentence, label}
 Malformed json fails with the file and line; a malformed record fails with the file and record index,
 or, with skip_bad_records=True, is dropped and counted (`skipped_records`). Images are read lazily by
@@ -25,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 RECORD_FORMATS = {
   "pretrain": {"image": str, "caption": str},
   "retrieval": {"image": str, "caption": str, "image_id": (int, str)},
-  "eval": {"image": str, "caption": list},
+  "eval": {"image": str, "caption": (list, str)},
   "vqa": {"image": str, "question": str},
   "nlvr": {"images": list, "sentence": str, "label": (bool, int, str)},
 }
@@ -159,6 +162,9 @@ class JsonSource:
       self.records += recs
       self.origins += [(path, j) for j in indices]
       self.skipped_records += skipped
+    if kind == "retrieval":  # string or sparse ids -> 0, 1, 2, ... by first appearance
+      dense: dict = {}
+      self.records = [dict(r, image_id=dense.setdefault(r["image_id"], len(dense))) for r in self.records]
 
   def __len__(self) -> int:
     return len(self.records)
@@ -183,9 +189,17 @@ class JsonSource:
 class SyntheticSource:
   """The synthetic world as BLIP records: caption (possibly noisy), image_id, clean."""
 
-  def __init__(self, num: int, seed: int = 0, noise: float = 0.0, image_size: int = 96, offset: int = 0):
+  def __init__(
+    self, num: int, seed: int = 0, noise: float = 0.0, image_size: int = 96, offset: int = 0, captions: int = 1
+  ):
+    """captions > 1: every record carries that many captions (the first as with 1, the others other
+    true descriptions of the scene), like COCO's five: training draws one per epoch, evaluation uses
+    them all."""
     from blip_jax.data.synthetic import SyntheticWorld
 
+    if captions < 1:
+      raise ValueError(f"data source 'synthetic': captions={captions} must be >= 1")
+    self.captions = captions
     self.offset = offset  # a held-out range: examples [offset, offset + num) of a larger world
     self.world = SyntheticWorld(
       offset + num, seed=seed, noise=noise, image_size=image_size, noisy_prefix=offset + num if offset == 0 else offset
@@ -200,9 +214,12 @@ class SyntheticSource:
 
   def __getitem__(self, i: int) -> dict:
     img, ex = self.world[self.offset + i]
+    caption = (
+      ex.caption if self.captions == 1 else [ex.caption] + self.world.captions(self.offset + i, self.captions)[1:]
+    )
     return {
       "pil": [img],
-      "caption": ex.caption,
+      "caption": caption,
       "image_id": self.offset + i,
       "clean": ex.clean,
       "true_caption": ex.true_caption,
@@ -214,7 +231,7 @@ def make_source(spec: dict, fmt: str):
     {"type": "json", "ann": [files], "image_root": dir}
     {"type": "tfds", "name": ..., "split": "train", "data_dir": ...} or {"type": "tfds", "directory": ...}
       (optional "mapping": {"image": feature, "caption": feature, "image_id": feature})
-    {"type": "synthetic", "num": N, "seed": 0, "noise": 0.0, "image_size": 96, "offset": 0}
+    {"type": "synthetic", "num": N, "seed": 0, "noise": 0.0, "image_size": 96, "offset": 0, "captions": 1}
   Any entry may carry "weight" (mixture proportion; default 1). `fmt`: the record format a json
   source must hold (a key of RECORD_FORMATS)."""
   spec = dict(spec)

@@ -127,6 +127,13 @@ class SyntheticWorld:
     ex = self.example(i)
     return render(ex.objects, self.image_size), ex
 
+  def captions(self, i: int, n: int) -> list[str]:
+    """n true descriptions of example i's scene (the first is its true_caption), like COCO's five
+    captions per image; scenes with one kind of object have one description, repeated."""
+    ex = self.example(i)
+    rng = np.random.default_rng([self.seed, 5, i])
+    return [ex.true_caption] + [describe(ex.objects, rng) for _ in range(n - 1)]
+
   # ---- VQA and NLVR2 from the same scenes ------------------------------------------------------
   def vqa(self, i: int) -> list[tuple[str, str]]:
     """(question, answer) pairs true of example i's scene."""

@@ -1,68 +1,144 @@
-"""Image-text retrieval evaluation exactly as the reference (section 7):
+"""Retrieval evaluation as the official `evaluation` of train_retrieval.py (reference s.7): image and
+text features over the whole eval set, the cosine matrix, the top `eval.k_test` of every row re-scored
+by ITM match logit + cosine in both directions, TR/IR@1/5/10 and r_mean. The ITC-only figures of the
+same features are reported beside them (prefix `itc_`).
 
-1. S = image_emb . text_emb^T (projected, L2-normalised features; no temperature).
-2. For each image, the top-k texts by S are re-scored as ITM match logit + S; every other entry is -100.
-   Symmetrically for each text over images (k = 256 COCO, 128 Flickr).
-3. TR@K: an image counts if the best rank of any of its captions is < K. IR@K: a text counts if its
-   image's rank is < K. r_mean averages TR and IR @1/5/10.
-
-`rerank_scores` takes the ITM scorer as a function, so the heavy part can run jitted and sharded on
-devices while the bookkeeping stays plain numpy. `recall_at` is the metric of the zero-shot ITC
-evaluation the trainer runs during pretraining (blip_jax.train.zero_shot).
+Devices do the heavy parts, sharded over the mesh's batch axes: the image tokens of the whole gallery
+stay on the devices (COCO 5k x 577 x 768 floats does not fit one host comfortably, and never needs to
+leave them), and the ITM passes gather the images they need there. Image -> text pairs come grouped by
+image, so each image's cross-attention K/V are projected once for its k texts; text -> image pairs are
+scored one image per pair, as the official code does.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-FILL = -100.0
-
-
-def rerank_scores(sim: np.ndarray, k: int, itm: Callable[[np.ndarray, np.ndarray], np.ndarray]):
-  """(score_i2t (I, T), score_t2i (T, I)) from the cosine matrix sim (I, T).
-
-  itm(image_rows (n,), text_cols (n,)) -> (n,) ITM match logits for those pairs."""
-  n_img, n_txt = sim.shape
-  k_i, k_t = min(k, n_txt), min(k, n_img)
-  i2t = np.full(sim.shape, FILL, np.float32)
-  top_t = np.argsort(-sim, axis=1, kind="stable")[:, :k_i]  # (I, k)
-  rows = np.repeat(np.arange(n_img), k_i)
-  logits = itm(rows, top_t.reshape(-1)).reshape(n_img, k_i)
-  i2t[np.arange(n_img)[:, None], top_t] = logits + sim[np.arange(n_img)[:, None], top_t]
-  t2i = np.full(sim.T.shape, FILL, np.float32)
-  top_i = np.argsort(-sim.T, axis=1, kind="stable")[:, :k_t]  # (T, k)
-  cols = np.repeat(np.arange(n_txt), k_t)
-  logits = itm(top_i.reshape(-1), cols).reshape(n_txt, k_t)
-  t2i[np.arange(n_txt)[:, None], top_i] = logits + sim.T[np.arange(n_txt)[:, None], top_i]
-  return i2t, t2i
+from blip_jax.evaluate import eval_set
+from blip_jax.evaluate.retrieval_metrics import rerank_scores, retrieval_metrics
+from blip_jax.models.blip import Blip
 
 
-def retrieval_metrics(
-  score_i2t: np.ndarray, score_t2i: np.ndarray, txt2img: np.ndarray, img2txt: list[list[int]]
-) -> dict:
-  """TR/IR @1/5/10 (percent) and their means, as the official `itm_eval`.
+class Retrieval:
+  """The retrieval evaluator (see the module docstring)."""
 
-  txt2img: (T,) image of each text; img2txt: for each image, the indices of its texts."""
-  ranks = np.zeros(score_i2t.shape[0])
-  for i, score in enumerate(score_i2t):
-    order = np.argsort(score)[::-1]
-    ranks[i] = min(np.where(order == t)[0][0] for t in img2txt[i])
-  tr = [100.0 * np.mean(ranks < k) for k in (1, 5, 10)]
-  ranks_t = np.zeros(score_t2i.shape[0])
-  for t, score in enumerate(score_t2i):
-    order = np.argsort(score)[::-1]
-    ranks_t[t] = np.where(order == txt2img[t])[0][0]
-  ir = [100.0 * np.mean(ranks_t < k) for k in (1, 5, 10)]
-  out = {"txt_r1": tr[0], "txt_r5": tr[1], "txt_r10": tr[2], "img_r1": ir[0], "img_r5": ir[1], "img_r10": ir[2]}
-  out["txt_r_mean"], out["img_r_mean"] = float(np.mean(tr)), float(np.mean(ir))
-  out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
-  return out
+  def __init__(self, exp, tokenizer, mesh, data: eval_set.EvalSet | None = None, pairs_per_batch: int | None = None):
+    cfg = exp.cfg
+    self.model, self.mesh, self.k = Blip(exp.model), mesh, cfg.eval.get("k_test", 256)
+    self.data = data or eval_set.load(cfg, tokenizer, exp.model.vision.image_size)
+    self.notes = [n for n in [self.data.note(cfg.eval.num)] if n]
+    texts, self.txt2img, self.img2txt = self.data.texts()
+    self.ids, self.mask = eval_set.tokenize(tokenizer, texts, cfg.text_length)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    self.batch = _round_up(cfg.eval.batch, shards)  # images / texts per feature pass
+    self.pairs = _round_up(pairs_per_batch or cfg.eval.batch * 4, shards)  # (text, image) pairs per ITM pass
+    self._sharded = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    self._replicated = NamedSharding(mesh, PartitionSpec())
+
+  # ---- jitted parts ---------------------------------------------------------------------------------
+  def _apply(self, params, method, *args, **kw):
+    return self.model.apply({"params": params}, *args, method=method, **kw)
+
+  @functools.cached_property
+  def _image_fn(self):
+    def fn(params, images):
+      embeds = self._apply(params, Blip.encode_image, images)
+      return embeds, self._apply(params, Blip.image_feature, embeds)
+
+    return jax.jit(fn, out_shardings=(self._sharded, self._replicated))
+
+  @functools.cached_property
+  def _text_fn(self):
+    def fn(params, ids, mask):
+      return self._apply(params, Blip.text_feature, self._apply(params, Blip.encode_text, ids, mask))
+
+    return jax.jit(fn, out_shardings=self._replicated)
+
+  @functools.cached_property
+  def _itm_fn(self):
+    """(params, gallery (I, 1+N, Dv), images (U,) into the gallery, ids / mask (n, L) sharded,
+    pair (n,) into `images` or None) -> (n,) match logits. With pair, each of the U images' K/V are
+    projected once and gathered per text; without, text j attends to image images[j]."""
+
+    def fn(params, gallery, images, ids, mask, pair):
+      embeds = gallery[images]
+      if pair is None:
+        embeds = jax.lax.with_sharding_constraint(embeds, self._sharded)
+      logits = self._apply(params, Blip.itm_logits, ids, mask, embeds, image_index=pair)
+      return logits[:, 1]
+
+    return jax.jit(fn, out_shardings=self._replicated)
+
+  # ---- passes -----------------------------------------------------------------------------------------
+  def features(self, params) -> tuple[jax.Array, np.ndarray, np.ndarray]:
+    """(gallery image tokens (I', 1+N, Dv) on the devices, image features (I, E), text features (T, E))."""
+    n_img, n_txt = len(self.data), len(self.ids)
+    embeds, image_feat = [], []
+    for start in range(0, n_img, self.batch):
+      part = _pad(self.data.images[start : start + self.batch], self.batch)
+      e, f = self._image_fn(params, part)
+      embeds.append(e)
+      image_feat.append(np.asarray(jax.device_get(f)))
+    gallery = jax.jit(lambda *xs: jnp.concatenate(xs), out_shardings=self._sharded)(*embeds)
+    text_feat = []
+    for start in range(0, n_txt, self.batch):
+      ids, mask = (_pad(a[start : start + self.batch], self.batch) for a in (self.ids, self.mask))
+      text_feat.append(np.asarray(jax.device_get(self._text_fn(params, ids, mask))))
+    return gallery, np.concatenate(image_feat)[:n_img], np.concatenate(text_feat)[:n_txt]
+
+  def itm_scorer(self, params, gallery):
+    """itm(image_rows (n,), text_cols (n,)) -> (n,) match logits, in fixed-size sharded passes."""
+
+    def itm(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+      out = []
+      grouped = len(rows) > 1 and np.all(np.diff(rows) >= 0)  # image -> text: runs of one image
+      for start in range(0, len(rows), self.pairs):
+        r, c = rows[start : start + self.pairs], cols[start : start + self.pairs]
+        ids, mask = (_pad(a[c], self.pairs) for a in (self.ids, self.mask))
+        if grouped:
+          images, pair = np.unique(r, return_inverse=True)
+          size = min(_pow2(len(images)), self.pairs)  # few compiled shapes
+          images, pair = _pad(images, size), _pad(pair.astype(np.int32), self.pairs)
+        else:
+          images, pair = _pad(r, self.pairs), None
+        logits = self._itm_fn(params, gallery, images.astype(np.int32), ids, mask, pair)
+        out.append(np.asarray(jax.device_get(logits))[: len(r)])
+      return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    return itm
+
+  def evaluate(self, params, step: int | None = None) -> tuple[dict, list]:
+    """TR/IR@1/5/10, r_mean (ITM re-ranked) and the same of the cosine alone (`itc_`)."""
+    gallery, image_feat, text_feat = self.features(params)
+    sim = image_feat @ text_feat.T
+    score_i2t, score_t2i = rerank_scores(sim, self.k, self.itm_scorer(params, gallery))
+    metrics = retrieval_metrics(score_i2t, score_t2i, self.txt2img, self.img2txt)
+    itc = retrieval_metrics(sim, sim.T, self.txt2img, self.img2txt)
+    metrics.update({f"itc_{k}": v for k, v in itc.items()})
+    metrics["images"], metrics["texts"] = float(len(self.data)), float(len(self.ids))
+    return metrics, self.samples(score_i2t)
+
+  def samples(self, score_i2t: np.ndarray, n: int = 4) -> list[tuple[np.ndarray, str]]:
+    """The first n images with their top retrieved text (for TensorBoard)."""
+    texts = [t for caps in self.data.captions for t in caps]
+    return [(self.data.images[i], texts[int(np.argmax(score_i2t[i]))]) for i in range(min(n, len(self.data)))]
 
 
-def recall_at(sim: np.ndarray, match: np.ndarray, k: int) -> float:
-  """Fraction of query rows of sim (Q, G) whose top-k gallery columns hold at least one match
-  (match: (Q, G) bool; several matches per row allowed)."""
-  top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-  return float(np.take_along_axis(match, top, axis=1).any(1).mean())
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+  """Pad the leading axis to `size` by repeating the last row (padded results are dropped)."""
+  if len(a) == size:
+    return a
+  return np.concatenate([a, np.repeat(a[-1:], size - len(a), 0)])

@@ -1,10 +1,12 @@
 """Image-text matching with hard negatives (reference s.5 step 5; s.7 for retrieval fine-tuning).
 
-Two ways to draw negatives, as in the two official code paths:
-  "local"  (pretraining): within each data shard of the batch, weights softmax(sim) + 1e-4 over the
-           shard's momentum features, own pair zeroed; sims are the ITC logits (online vs momentum).
-  "global" (retrieval fine-tuning): over the whole batch, weights softmax(sim) of online vs online
-           features, every pair with the same image id zeroed (no +1e-4).
+Negatives are drawn within groups of the batch (each data shard, like the official per-GPU code, or
+the whole batch as one group), with the weights of the two official code paths:
+  pretraining (no ids): softmax(sim) + 1e-4 over the group, own pair zeroed; sims are the ITC logits
+           (online vs momentum).
+  retrieval fine-tuning (image ids): softmax(sim) over the group of online vs online features, every
+           pair with the same image id zeroed (no +1e-4). COCO draws over the whole batch
+           (`negative_all_rank`), Flickr within each GPU's batch.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import jax.numpy as jnp
 from blip_jax.losses.lm import smoothed_cross_entropy
 
 
-def negative_weights_local(sim: jax.Array, groups: int) -> jax.Array:
-  """(B, B) sims -> (B, B) sampling weights that are zero outside each row's shard and on its pair.
+def negative_weights(sim: jax.Array, groups: int = 1, idx: jax.Array | None = None) -> jax.Array:
+  """(B, B) sims -> (B, B) sampling weights, zero outside each row's shard and on its positives.
 
-  Row b belongs to shard b // (B / groups) and may only draw columns of that shard.
+  Row b belongs to shard b // (B / groups) and may only draw columns of that shard. Without image ids
+  the positive is the row's own pair and every weight gets +1e-4 (pretraining); with idx (B,) every
+  column of the same image id is a positive (retrieval).
   """
   b = sim.shape[0]
   if b % groups:
@@ -27,14 +31,10 @@ def negative_weights_local(sim: jax.Array, groups: int) -> jax.Array:
   same_shard = shard[:, None] == shard[None, :]
   # softmax over the shard's columns only (the official code sees only its local batch)
   logits = jnp.where(same_shard, sim, -jnp.inf)
-  w = jax.nn.softmax(logits, axis=1) + 1e-4
-  return jnp.where(same_shard & ~jnp.eye(b, dtype=bool), w, 0.0)
-
-
-def negative_weights_global(sim: jax.Array, idx: jax.Array) -> jax.Array:
-  """(B, B) sims, (B,) image ids -> weights softmax(sim) with same-id pairs zeroed."""
-  w = jax.nn.softmax(sim, axis=1)
-  return jnp.where(idx[:, None] == idx[None, :], 0.0, w)
+  w = jax.nn.softmax(logits, axis=1)
+  if idx is None:
+    return jnp.where(same_shard & ~jnp.eye(b, dtype=bool), w + 1e-4, 0.0)
+  return jnp.where(same_shard & (idx[:, None] != idx[None, :]), w, 0.0)
 
 
 def sample_negatives(rng: jax.Array, weights: jax.Array) -> jax.Array:
@@ -48,7 +48,6 @@ def hard_negatives(
   sim_i2t: jax.Array,
   sim_t2i: jax.Array,
   *,
-  mode: str = "local",
   groups: int = 1,
   idx: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -56,19 +55,13 @@ def hard_negatives(
 
   Args:
     sim_i2t, sim_t2i: (B, B) similarity logits (rows: images / texts).
-    mode: "local" (groups = data shards) or "global" (needs idx).
+    groups: draw within this many equal shards of the batch (1 = the whole batch).
+    idx: (B,) image ids (retrieval weights, see negative_weights) or None (pretraining weights).
   Returns:
     (neg_image_for_text, neg_text_for_image), each (B,) int32 indices into the batch.
   """
   sim_i2t, sim_t2i = jax.lax.stop_gradient((sim_i2t, sim_t2i))
-  if mode == "local":
-    w_i2t, w_t2i = negative_weights_local(sim_i2t, groups), negative_weights_local(sim_t2i, groups)
-  elif mode == "global":
-    if idx is None:
-      raise ValueError("global hard negatives need image ids (idx)")
-    w_i2t, w_t2i = negative_weights_global(sim_i2t, idx), negative_weights_global(sim_t2i, idx)
-  else:
-    raise ValueError(f"mode={mode!r}: must be 'local' or 'global'")
+  w_i2t, w_t2i = negative_weights(sim_i2t, groups, idx), negative_weights(sim_t2i, groups, idx)
   r1, r2 = jax.random.split(rng)
   return sample_negatives(r1, w_t2i), sample_negatives(r2, w_i2t)
 

@@ -42,7 +42,7 @@ class Blip(nn.Module):
     c = self.config
     comps = c.components
     kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-    self.visual_encoder = VisionTransformer(c.vision, remat=c.vision_remat, **kw)
+    self.visual_encoder = VisionTransformer(c.vision, remat=c.vision_remat, remat_blocks=c.vision_remat_blocks, **kw)
     self.text = MED(c.text, remat=c.text_remat, **kw)
     if "answer_decoder" in comps:
       self.answer_decoder = MED(c.text, remat=c.text_remat, **kw)

@@ -89,6 +89,7 @@ class BlipConfig:
   param_dtype: str = "float32"
   # Rematerialisation per tower: "none", "full" (save nothing inside a block) or "dots" (save matmuls).
   vision_remat: str = "none"
+  vision_remat_blocks: int = 0  # with vision_remat: only the last n ViT blocks (official vit_ckpt_layer); 0 = all
   text_remat: str = "none"
 
   def __post_init__(self):
@@ -103,6 +104,8 @@ class BlipConfig:
       raise ValueError(f"config.vision.width={v.width} is not divisible by num_heads={v.num_heads}")
     if t.hidden_size % t.num_heads:
       raise ValueError(f"config.text.hidden_size={t.hidden_size} is not divisible by num_heads={t.num_heads}")
+    if not 0 <= self.vision_remat_blocks <= v.depth:
+      raise ValueError(f"config.vision_remat_blocks={self.vision_remat_blocks}: must be in [0, {v.depth}]")
     for name in ("vision_remat", "text_remat"):
       if getattr(self, name) not in ("none", "full", "dots"):
         raise ValueError(f"config.{name}={getattr(self, name)!r}: must be 'none', 'full' or 'dots'")

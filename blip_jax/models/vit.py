@@ -92,6 +92,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"
+  remat_blocks: int = 0  # rematerialise only the last n blocks (0 = every block)
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -122,8 +123,10 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, c.width)), x], axis=1)
     x = x + pos.astype(self.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    block_cls = layers.maybe_remat(Block, self.remat, static_argnums=(2,))
+    remat_cls = layers.maybe_remat(Block, self.remat, static_argnums=(2,))
+    first_remat = c.depth - self.remat_blocks if self.remat_blocks else 0
     rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # timm linspace
     for i in range(c.depth):
+      block_cls = remat_cls if i >= first_remat else Block
       x = block_cls(c, rates[i], name=f"blocks_{i}", **kw)(x, not train)
     return layers.layer_norm(c.layer_norm_eps, name="norm", **kw)(x)

@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from blip_jax.data.sources import DataError
+from blip_jax.flag_parsing import parse_flags
 from blip_jax.interop import CheckpointError
 from blip_jax.train.checkpoints import committed_steps
 from blip_jax.train.trainer import NonFiniteLoss, train
@@ -109,23 +110,6 @@ def main(argv) -> int:
     sys.stderr = real_stderr
     raise
   return 0
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with a bad `--config.key=value` override reported in one line naming it."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by config_flags overrides
-    key = str(e).strip("'\" ")
-    given = [a for a in argv if a.startswith("--config.")]
-    culprit = next((a for a in given if a.split("=")[0].split(".")[-1] == key), None) or " ".join(given)
-    print(
-      f"error: bad config override {culprit}: {type(e).__name__}: {e} (no such key, or a wrong type)", file=sys.stderr
-    )
-    sys.exit(2)
 
 
 def run():

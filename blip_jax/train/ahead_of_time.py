@@ -11,35 +11,29 @@ import jax
 import jax.numpy as jnp
 
 from blip_jax.models.param_count import count
-from blip_jax.train import chips, flops
+from blip_jax.train import chips
 from blip_jax.train import sharding as S
 from blip_jax.train.build import Experiment
-from blip_jax.train.pretrain_step import init_state, make_train_step
 
 
 def state_layout(exp: Experiment, mesh) -> tuple[dict, dict]:
   """(abstract state of ShapeDtypeStructs carrying their shardings, the shardings) of `exp` on `mesh`."""
-  abstract = jax.eval_shape(lambda: init_state(exp.model, exp.objective, exp.optimizer, jax.random.key(0)))
-  shardings = S.state_shardings(exp.model, exp.optimizer, mesh, exp.rules, queue_template=abstract["queues"])
+  abstract = jax.eval_shape(lambda: exp.task.init_state(exp, jax.random.key(0)))
+  shardings = S.state_shardings(exp.model, exp.optimizer, mesh, exp.rules, template=abstract)
   specs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return specs, shardings
 
 
 def batch_layout(exp: Experiment, sharding, example: dict | None = None) -> dict:
   """ShapeDtypeStructs of a global batch: from a host batch `example` (its per-process rows scaled to
-  the global batch), or from the config (images, ids, mask[, idx])."""
+  the global batch), or from the config (the task's batch_keys)."""
   b = exp.cfg.global_batch
   if example is not None:
     return {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in example.items()}
   s, length = exp.model.vision.image_size, exp.cfg.text_length
-  out = {
-    "images": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32, sharding=sharding),
-    "ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=sharding),
-    "mask": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=sharding),
-  }
-  if exp.model.task == "retrieval":
-    out["idx"] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding)
-  return out
+  shapes = {"images": ((b, s, s, 3), jnp.float32), "ids": ((b, length), jnp.int32)}
+  shapes.update(mask=shapes["ids"], idx=((b,), jnp.int32))
+  return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=sharding) for k in exp.task.batch_keys}
 
 
 def compile_train_step(exp: Experiment, mesh, state_specs: dict, shardings: dict, batch_specs: dict):
@@ -50,7 +44,7 @@ def compile_train_step(exp: Experiment, mesh, state_specs: dict, shardings: dict
   bsh = next(iter(batch_specs.values())).sharding
   with jax.set_mesh(mesh), nn.logical_axis_rules(exp.rules):
     step = jax.jit(
-      make_train_step(exp.model, exp.objective, exp.optimizer, exp.cfg.accum_steps),
+      exp.task.make_step(exp),
       in_shardings=(shardings, bsh),
       out_shardings=(shardings, None),
       donate_argnums=0,
@@ -63,9 +57,7 @@ def compile_train_step(exp: Experiment, mesh, state_specs: dict, shardings: dict
     "devices": len(devices),
     "mesh": exp.mesh_shape,
     "trainable_params": count(state_specs["params"]),
-    "step_flops": flops.pretrain_step_flops(
-      exp.model, exp.cfg.global_batch, exp.cfg.text_length, exp.objective.queue_size
-    ),
+    "step_flops": exp.task.step_flops(exp),
     "compile_s": time.time() - t0,
     "hbm_bytes": chips.device_hbm(kind),
   }

@@ -14,13 +14,13 @@ from typing import Any, Callable
 import numpy as np
 import optax
 
+from blip_jax import tasks
 from blip_jax.models.config import TASKS, BlipConfig, tiny, vit_b16, vit_l16
+from blip_jax.tasks.pretrain import Objective
 from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
-from blip_jax.train.pretrain_step import Objective
 
 VISION = {"vit_b16": vit_b16, "vit_l16": vit_l16}
 DTYPES = ("float32", "bfloat16")
-TRAINABLE_TASKS = ("pretrain",)  # the step computes ITC + ITM + LM; fine-tuning steps are not wired yet
 
 # (key, type, lower bound or None, whether the bound itself is allowed): the typed part of the check.
 _NUMBERS = (
@@ -37,6 +37,7 @@ _NUMBERS = (
   ("total_steps", int, 0, True),
   ("model.image_size", int, 1, True),
   ("model.drop_path_rate", float, 0.0, True),
+  ("model.vision_remat_blocks", int, 0, True),
   ("optimizer.peak_lr", float, 0.0, False),
   ("optimizer.warmup_steps", int, 0, True),
   ("optimizer.warmup_lr", float, 0.0, True),
@@ -48,8 +49,13 @@ _NUMBERS = (
   ("objective.alpha", float, 0.0, True),
   ("objective.label_smoothing", float, 0.0, True),
   ("eval.every", int, 0, True),
-  ("eval.num", int, 1, True),
+  ("eval.num", int, 0, True),
   ("eval.batch", int, 1, True),
+  ("eval.k_test", int, 1, True),
+  ("eval.num_beams", int, 1, True),
+  ("eval.max_length", int, 2, True),
+  ("eval.min_length", int, 0, True),
+  ("eval.max_captions", int, 1, True),
   ("data.max_skip_fraction", float, 0.0, True),
 )
 
@@ -59,6 +65,7 @@ class Experiment:
   """A validated experiment: the config and the objects derived from it."""
 
   cfg: Any  # the ml_collections ConfigDict
+  task: tasks.Task
   model: BlipConfig
   mesh_shape: tuple[int, int, int]
   objective: Objective
@@ -77,22 +84,19 @@ def experiment(cfg, num_devices: int, num_processes: int = 1, tokenizer=None) ->
     ValueError naming the offending key.
   """
   _check_numbers(cfg)
-  if cfg.model.task not in TRAINABLE_TASKS:
-    raise ValueError(
-      f"config.model.task={cfg.model.task!r}: this trainer runs {TRAINABLE_TASKS} so far "
-      f"(models exist for {sorted(TASKS)})"
-    )
+  task = tasks.get(cfg.model.task)
   model = model_config(cfg, tokenizer)
   mesh = mesh_shape(cfg, num_devices)
   if cfg.global_batch % num_processes:
     raise ValueError(f"config.global_batch={cfg.global_batch} is not divisible by the {num_processes} processes")
-  obj = objective(cfg, mesh)
+  obj = objective(cfg, mesh, tokenizer)
   lr = learning_rate(cfg)
   o = cfg.optimizer
   spe = steps_per_epoch(cfg)
   total = cfg.get("total_steps") or spe * cfg.epochs
   return Experiment(
     cfg,
+    task,
     model,
     mesh,
     obj,
@@ -146,7 +150,13 @@ def model_config(cfg, tokenizer=None) -> BlipConfig:
         enc_token_id=sp.enc,
       )
     )
-  return base.replace(vision=vision, dtype=m.dtype, vision_remat=m.vision_remat, text_remat=m.text_remat)
+  return base.replace(
+    vision=vision,
+    dtype=m.dtype,
+    vision_remat=m.vision_remat,
+    vision_remat_blocks=m.get("vision_remat_blocks", 0),
+    text_remat=m.text_remat,
+  )
 
 
 def mesh_shape(cfg, num_devices: int) -> tuple[int, int, int]:
@@ -168,12 +178,37 @@ def steps_per_epoch(cfg) -> int:
   return max(1, cfg.num_examples // cfg.global_batch)
 
 
-def objective(cfg, mesh: tuple[int, int, int]) -> Objective:
+def prompt_length(cfg, tokenizer=None) -> int:
+  """Decoder positions of [DEC] + config.prompt (captioning), masked from the LM targets; 0 without a
+  prompt. The official count: len(tokenizer(prompt).input_ids) - 1 ([CLS] prompt, no [SEP])."""
+  prompt = cfg.get("prompt", "")
+  if not isinstance(prompt, str):
+    raise ValueError(f"config.prompt={prompt!r}: must be a string")
+  if not prompt:
+    return 0
+  if tokenizer is None:
+    raise ValueError("config.prompt needs the run's tokenizer to count its tokens")
+  return 1 + len(tokenizer.tokenize_ids(prompt))
+
+
+def objective(cfg, mesh: tuple[int, int, int], tokenizer=None) -> Objective:
   """config.objective -> Objective, checked against the batch, the mesh and the task."""
   o, b, accum = cfg.objective, cfg.global_batch, cfg.accum_steps
   data_shards = mesh[0] * mesh[1]
   if b % data_shards:
     raise ValueError(f"config.global_batch={b} is not divisible by the {data_shards} data shards of config.mesh={mesh}")
+  if accum < 1 or b % accum:
+    raise ValueError(f"global batch {b} is not divisible by config.accum_steps={accum}")
+  if cfg.model.task == "caption":  # LM only: no momentum encoder, queues or negatives
+    length = prompt_length(cfg, tokenizer)
+    if length >= cfg.text_length - 1:
+      raise ValueError(
+        f"config.prompt={cfg.prompt!r} takes {length} of the config.text_length={cfg.text_length} positions: "
+        "no room for the caption"
+      )
+    return Objective(queue_size=0, label_smoothing=o.label_smoothing, prompt_length=length)
+  if cfg.get("prompt"):
+    raise ValueError(f"config.prompt={cfg.prompt!r} is for task 'caption' (this run is {cfg.model.task!r})")
   obj = Objective(
     queue_size=o.queue_size,
     momentum=o.momentum,
@@ -184,8 +219,6 @@ def objective(cfg, mesh: tuple[int, int, int]) -> Objective:
     negative_groups=data_shards if o.negatives == "local" else 1,
     multi_positive=cfg.model.task == "retrieval",
   )
-  if accum < 1 or b % accum:
-    raise ValueError(f"global batch {b} is not divisible by config.accum_steps={accum}")
   if "momentum" not in TASKS[cfg.model.task]:
     raise ValueError(f"config.model.task={cfg.model.task!r} has no momentum encoder: use pretrain or retrieval")
   if obj.queue_size % b:

@@ -37,8 +37,11 @@ def text_forward(
   return batch * (t.num_layers * per_text + head) + images * t.num_layers * per_image
 
 
-def pretrain_step_flops(cfg: BlipConfig, batch: int, length: int, queue_size: int, shared_itm_kv: bool = True) -> float:
-  """FLOPs of one pretraining step on a global batch of `batch` pairs of `length` tokens.
+def pretrain_step_flops(
+  cfg: BlipConfig, batch: int, length: int, queue_size: int, shared_itm_kv: bool = True, lm: bool = True
+) -> float:
+  """FLOPs of one pretraining step on a global batch of `batch` pairs of `length` tokens (lm=False:
+  the retrieval fine-tuning step, the same without the decoder).
 
   shared_itm_kv=False counts the official step instead, whose ITM positive and negative passes
   project cross-attention K/V for every one of their 3B pairs."""
@@ -58,8 +61,13 @@ def pretrain_step_flops(cfg: BlipConfig, batch: int, length: int, queue_size: in
       False,  # ITM pos + neg
       batch if shared_itm_kv else None,
     )
-    + text_forward(cfg, batch, length, True, True)  # decoder + LM head
+    + (text_forward(cfg, batch, length, True, True) if lm else 0)  # decoder + LM head
     + 2 * batch * cfg.text.hidden_size * 2
     + itc
   )
   return momentum + 2 * itc + 3 * online
+
+
+def caption_step_flops(cfg: BlipConfig, batch: int, length: int) -> float:
+  """FLOPs of one captioning fine-tuning step: ViT and decoder with LM head, forward + backward."""
+  return 3 * (vit_forward(cfg, batch) + text_forward(cfg, batch, length, True, True))

@@ -6,7 +6,10 @@ config.data:
              | {"type": "synthetic", "vocab_size": n, "corpus": n}  (SentencePiece trained at start-up on
              the synthetic world's texts; deterministic, written to workdir/tokenizer.model)
   workers, threads, prefetch, seed, max_skip_fraction, scale, flip, randaug
-config.eval: sources (held-out), num (pairs), batch, every (steps; 0 = only at the end)
+config.eval: sources (held-out, read as the "eval" record format: every caption of an image), num
+  (images; 0 = all), batch, every (steps; 0 = only at the end), max_captions, and what the task's
+  evaluator reads (k_test; num_beams, max_length, min_length)
+config.prompt: captioning's decoder prompt ("a picture of "), prepended to every training caption
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def tokenizer(cfg, workdir: str, write: bool = True) -> Tokenizer:
 def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
   d = cfg.data
   return Preprocess(
-    TASK_FORMAT[cfg.model.task],
+    TASK_FORMAT[cfg.model.task] if train else "eval",
     tok,
     image_size,
     text_length=cfg.text_length,
@@ -63,10 +66,12 @@ def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
     scale=tuple(d.scale),
     flip=d.flip,
     randaug=d.randaug,
+    prompt=cfg.get("prompt", "") if train else "",
+    max_captions=cfg.eval.get("max_captions", 8),
   )
 
 
-def _sources(cfg, specs, where: str):
+def _sources(cfg, specs, where: str, fmt: str):
   if not specs:
     raise ValueError(f"{where}: no data sources configured")
   out = []
@@ -74,13 +79,13 @@ def _sources(cfg, specs, where: str):
     spec = dict(spec)
     if spec.get("type") == "json" and "max_image_pixels" not in spec and cfg.data.get("max_image_pixels"):
       spec["max_image_pixels"] = cfg.data.max_image_pixels
-    out.append(make_source(spec, TASK_FORMAT[cfg.model.task]))
+    out.append(make_source(spec, fmt))
   return out, [float(dict(s).get("weight", 1.0)) for s in specs]
 
 
 def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, process_count: int) -> Loader:
   d = cfg.data
-  sources, weights = _sources(cfg, d.sources, "config.data.sources")
+  sources, weights = _sources(cfg, d.sources, "config.data.sources", TASK_FORMAT[cfg.model.task])
   lc = LoaderConfig(
     batch_size=cfg.global_batch // process_count,
     workers=d.workers,
@@ -100,8 +105,8 @@ def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, proce
 
 
 def eval_loader(cfg, tok: Tokenizer, image_size: int) -> Loader:
-  """Held-out pairs in order, once, eval transform (every process reads all of them)."""
-  sources, _ = _sources(cfg, cfg.eval.sources, "config.eval.sources")
+  """Held-out images with their captions, in order, once, eval transform (every process reads all)."""
+  sources, _ = _sources(cfg, cfg.eval.sources, "config.eval.sources", "eval")
   lc = LoaderConfig(
     batch_size=cfg.eval.batch,
     shuffle=False,

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
@@ -47,6 +49,18 @@ class MetricWriter:
       ("\r\033[K" if self._tty else "") + f"[{prefix}] step {step}: {text}" + (f"  {suffix}" if suffix else ""),
       flush=True,
     )
+
+  def samples(self, step: int, samples: list, prefix: str = "eval") -> None:
+    """A few (normalised image (S, S, 3), text) pairs to TensorBoard: the image with the text as its
+    tag's caption (generated captions, top retrieved texts)."""
+    if self._tb is None or not samples:
+      return
+    from blip_jax.data.transforms import MEAN, STD
+
+    for n, (image, text) in enumerate(samples):
+      pixels = np.clip(np.asarray(image, np.float32) * np.asarray(STD) + np.asarray(MEAN), 0.0, 1.0)
+      self._tb.add_image(f"{prefix}/sample_{n}", pixels, step, dataformats="HWC")
+      self._tb.add_text(f"{prefix}/sample_{n}", text, step)
 
   def progress(self, step: int, total: int, seconds_per_step: float) -> None:
     """A one-line progress bar with ETA, on interactive terminals only."""

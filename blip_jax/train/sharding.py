@@ -37,21 +37,21 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules, *, queue_template):
-  """NamedShardings for every leaf of the train state (see pretrain_step.init_state).
+def state_shardings(model: BlipConfig, tx: optax.GradientTransformation, mesh, rules, *, template: dict):
+  """NamedShardings for every leaf of a task's train state (see blip_jax.tasks).
 
-  Params, their momentum copies and the optimizer moments follow the logical axis names; queues,
-  step and rng are replicated. queue_template: the (abstract) queues of the state, e.g.
-  `jax.eval_shape(init_state, ...)["queues"]`.
+  Params, their momentum copies (where the state has them) and the optimizer moments follow the
+  logical axis names; everything else (step, rng, queues) is replicated. template: the (abstract)
+  state, e.g. `jax.eval_shape(task.init_state, ...)`.
   """
   boxed = boxed_param_shapes(model)
-  opt = jax.eval_shape(tx.init, boxed)
-  logical = nn.get_partition_spec({"params": boxed, "momentum": momentum_view(boxed), "opt_state": opt})
+  trees = {"params": boxed, "momentum": momentum_view(boxed), "opt_state": jax.eval_shape(tx.init, boxed)}
+  logical = nn.get_partition_spec({k: v for k, v in trees.items() if k in template})
   out = nn.logical_to_mesh_sharding(logical, mesh, list(rules))
   replicated = NamedSharding(mesh, P())
-  out["step"] = replicated
-  out["rng"] = replicated
-  out["queues"] = jax.tree.map(lambda _: replicated, queue_template)
+  for key, value in template.items():
+    if key not in out:
+      out[key] = jax.tree.map(lambda _: replicated, value)
   return out
 
 

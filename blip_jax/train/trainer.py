@@ -1,5 +1,7 @@
-"""The training loop: validate -> mesh -> data -> state (restored, imported or fresh, born sharded) ->
-AOT compile with memory report -> steps with metrics, evaluation, async checkpoints and preemption.
+"""The training loop of every task: validate -> mesh -> data -> state (restored, imported or fresh,
+born sharded) -> AOT compile with memory report -> steps with metrics, evaluation, async checkpoints
+and preemption. The task (blip_jax.tasks, by config.model.task) supplies the state, the step, the
+evaluator and the metric that picks the best model; nothing else here depends on it.
 
 Resume priority: the latest checkpoint in the workdir > config.init_from (a Salesforce, HF or blip_jax
 checkpoint, read by `interop.load`) > scratch. SIGTERM / SIGINT finish the current step, save, and
@@ -7,6 +9,9 @@ return normally (exit 0); on a pod every process stops at the same step (`Preemp
 loss stops the run naming the step; checkpoints are only written after the losses since the previous
 one were checked, so the last checkpoint on disk is always a good one. Whatever stops the loop, the
 save in flight is finished and the loader, checkpointer and metric writers are closed.
+
+workdir/: checkpoints/ (the latest, for resuming), model/ (the finished model), best/ (the model of
+the best evaluation so far, with best.json), eval/ (result files), metrics.jsonl, tb/, config.json.
 """
 
 from __future__ import annotations
@@ -21,21 +26,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from blip_jax import interop
 from blip_jax.data.loader import to_global_arrays
 from blip_jax.models.momentum import momentum_view
-from blip_jax.train import build, chips, inputs, zero_shot
+from blip_jax.train import build, chips, inputs
 from blip_jax.train import sharding as S
 from blip_jax.train.ahead_of_time import batch_layout, compile_train_step, format_report, state_layout
+from blip_jax.train.best_model import BestModel
 from blip_jax.train.checkpoints import Checkpointer
 from blip_jax.train.distributed import Preemption, check_processes_agree, maybe_initialize_distributed
 from blip_jax.train.metrics_writer import MetricWriter, format_eta
-from blip_jax.train.pretrain_step import init_state
 from blip_jax.train.workdir_lock import WorkdirLock
-
-LOSSES = ("loss", "loss_itc", "loss_itm", "loss_lm")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -49,23 +51,21 @@ def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -
   # the run's own tokenizer decides the vocabulary: one stored beside the checkpoint is not read
   ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size, with_tokenizer=False)
   params = interop.select_params(state["params"], ckpt.params, path, f"config.model (task {model.task})")
-  params = jax.device_put(params, shardings["params"])
-  momentum = jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"])
-  return dict(state, params=params, momentum=momentum), list(ckpt.notes)
+  state = dict(state, params=jax.device_put(params, shardings["params"]))
+  if "momentum" in state:  # the momentum encoder starts as a copy, as the official fine-tuning does
+    state["momentum"] = jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"])
+  return state, list(ckpt.notes)
 
 
-def _export(state: dict, exp: build.Experiment, workdir: str) -> str:
-  """The finished model as a blip_jax checkpoint directory with its tokenizer: what `interop.load`,
-  `convert` and `caption` read."""
-  directory = os.path.join(workdir, "model")
+def _export(state: dict, exp: build.Experiment, workdir: str, directory: str) -> str:
+  """The model of `state` as a blip_jax checkpoint directory with the run's tokenizer: what
+  `interop.load`, `convert`, `caption` and `init_from` read."""
   tokenizer = os.path.join(workdir, "tokenizer.model")
-  queues = {k: np.asarray(v) for k, v in state["queues"].items()}
-  interop.save(
-    interop.Checkpoint(config=exp.model, params=state["params"], momentum_params=state["momentum"], queues=queues),
-    directory,
-    "blip_jax",
-    tokenizer if os.path.exists(tokenizer) else None,
+  queues = {k: np.asarray(v) for k, v in state["queues"].items()} if "queues" in state else None
+  ckpt = interop.Checkpoint(
+    config=exp.model, params=state["params"], momentum_params=state.get("momentum"), queues=queues
   )
+  interop.save(ckpt, directory, "blip_jax", tokenizer if os.path.exists(tokenizer) else None)
   return directory
 
 
@@ -107,22 +107,21 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
   with jax.set_mesh(mesh), nn.logical_axis_rules(exp.rules):
     state = _initial_state(exp, specs, shardings, ckpt, loader, writer)
     example = next(loader)
+    missing = sorted(set(exp.task.batch_keys) - set(example))
+    if missing:
+      raise ValueError(f"task {exp.task.name!r} needs {missing} in every batch; config.data.sources do not give them")
     compiled, report = compile_train_step(exp, mesh, specs, shardings, batch_layout(exp, bsh, example))
     writer.text(f"compiled the step in {report['compile_s']:.1f}s\n{format_report(report)}")
-    # outputs replicated: every process (of a pod too) gets the whole result to score
-    eval_fn = jax.jit(zero_shot.make_eval_fn(exp.model), out_shardings=NamedSharding(mesh, PartitionSpec()))
-    eval_loader = inputs.eval_loader(cfg, tok, exp.model.vision.image_size)
-    eval_data = zero_shot.collect(eval_loader, cfg.eval.num)
-    eval_loader.close()
-    if len(eval_data["ids"]) < cfg.eval.num or eval_loader.skipped:
-      writer.text(
-        f"evaluation set: {len(eval_data['ids'])} pairs of the {cfg.eval.num} asked for "
-        f"({eval_loader.skipped} unreadable examples skipped)"
-      )
+    evaluator = exp.task.make_evaluator(exp, tok, mesh, os.path.join(workdir, "eval"))
+    for note in evaluator.notes:
+      writer.text(note)
+    best = BestModel(workdir, exp.task.best_metric, log=writer.text)
 
     def run_eval(step):
-      m = zero_shot.evaluate(eval_fn, state["params"], eval_data, cfg.eval.batch)
+      m, samples = evaluator.evaluate(state["params"], step)
       writer.write(step, m, "eval")
+      writer.samples(step, samples)
+      best.update(step, m, lambda directory: _export(state, exp, workdir, directory))
       return m
 
     config_dict = json.loads(cfg.to_json_best_effort())
@@ -143,7 +142,7 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
       if not (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == steps or stop):
         writer.progress(step, steps, (time.time() - t_window) / n_window)
         continue
-      host = _check_finite(pending, ckpt)
+      host = _check_finite(pending, ckpt, exp.task.losses(exp.model))
       if step % cfg.log_every == 0 or step == steps:
         dt = (time.time() - t_window) / n_window
         last_train = _train_metrics(exp, host[-1], step, dt, report, loader)
@@ -159,7 +158,7 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
         break
     if step == steps:
       last_eval = run_eval(step)
-      directory = _export(state, exp, workdir)
+      directory = _export(state, exp, workdir, os.path.join(workdir, "model"))
       writer.text(
         f"wrote the trained model to {directory} "
         "(python -m blip_jax.convert turns it into Salesforce or Hugging Face checkpoints)"
@@ -173,7 +172,7 @@ def _initial_state(exp, specs, shardings, ckpt, loader, writer) -> dict:
   if restored is not None:
     writer.text(f"resumed from {ckpt.directory} step {restored[0]}")
     return restored[1]
-  init = lambda rng: init_state(exp.model, exp.objective, exp.optimizer, rng)
+  init = lambda rng: exp.task.init_state(exp, rng)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(exp.cfg.seed))
   if exp.cfg.get("init_from"):
     state, notes = _init_from(exp.cfg.init_from, exp, state, shardings)
@@ -181,16 +180,16 @@ def _initial_state(exp, specs, shardings, ckpt, loader, writer) -> dict:
   return state
 
 
-def _check_finite(pending: list, ckpt: Checkpointer) -> list[dict]:
+def _check_finite(pending: list, ckpt: Checkpointer, losses: tuple[str, ...]) -> list[dict]:
   """The pending steps' metrics on the host (one transfer); raises NonFiniteLoss naming the first step
   since the last check whose loss is NaN or infinite."""
   host = jax.device_get([m for _, m in pending])
   for (s, _), m in zip(pending, host):
-    if not all(math.isfinite(float(m[k])) for k in LOSSES):
+    if not all(math.isfinite(float(m[k])) for k in losses):
       ckpt.wait()  # the save in flight (of checked steps) completes before we name the last good one
       raise NonFiniteLoss(
         f"non-finite loss at step {s}: "
-        + ", ".join(f"{k}={float(m[k])}" for k in LOSSES)
+        + ", ".join(f"{k}={float(m[k])}" for k in losses)
         + f". The run stopped; the last checkpoint ({ckpt.latest_step()}) is intact."
       )
   return host

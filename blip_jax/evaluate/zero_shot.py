@@ -2,8 +2,9 @@
 text->image, cosine of the projected features as in the reference's first stage) and the decoder's
 next-token accuracy under teacher forcing.
 
-A text counts as a match of an image when its token ids equal the image's own caption's (synthetic
-scenes can share a caption), so chance R@1 is the mean number of matches / N, reported beside it.
+Each image is paired with its first caption. A text counts as a match of an image when its token ids
+equal the image's own caption's (synthetic scenes can share a caption), so chance R@1 is the mean
+number of matches / N, reported beside it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from blip_jax.evaluate.retrieval import recall_at
+from blip_jax.evaluate import eval_set
+from blip_jax.evaluate.retrieval_metrics import recall_at
 from blip_jax.models.blip import Blip
 from blip_jax.models.config import BlipConfig
 
@@ -36,16 +39,20 @@ def make_eval_fn(config: BlipConfig):
   return fn
 
 
-def collect(loader, limit: int) -> dict:
-  """The first `limit` examples of a (non-repeating, unshuffled) eval loader as numpy arrays."""
-  parts = []
-  n = 0
-  for batch in loader:
-    parts.append(batch)
-    n += len(batch["ids"])
-    if n >= limit:
-      break
-  return {k: np.concatenate([p[k] for p in parts])[:limit] for k in ("images", "ids", "mask")}
+class ZeroShot:
+  """The pretraining evaluator (see the module docstring)."""
+
+  def __init__(self, exp, tokenizer, mesh, data: eval_set.EvalSet | None = None):
+    self.data = data or eval_set.load(exp.cfg, tokenizer, exp.model.vision.image_size)
+    self.notes = [n for n in [self.data.note(exp.cfg.eval.num)] if n]
+    ids, mask = eval_set.tokenize(tokenizer, [c[0] for c in self.data.captions], exp.cfg.text_length)
+    self.arrays = {"images": self.data.images, "ids": ids, "mask": mask}
+    self.batch = exp.cfg.eval.batch
+    # outputs replicated: every process (of a pod too) gets the whole result to score
+    self.fn = jax.jit(make_eval_fn(exp.model), out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+  def evaluate(self, params, step: int | None = None) -> tuple[dict, list]:
+    return evaluate(self.fn, params, self.arrays, self.batch), []
 
 
 def evaluate(eval_fn, params, data: dict, chunk: int) -> dict:

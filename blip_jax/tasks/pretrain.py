@@ -1,4 +1,6 @@
 """BLIP's pretraining step (reference section 5, in its exact order) and the plain-dict train state.
+Retrieval fine-tuning (tasks/retrieval.py) runs the same step on a model without the decoder: no LM,
+ITC targets by image id, ITM negatives from the online similarities with same-id pairs masked.
 
 state = {"step", "params", "momentum", "opt_state", "queues": {"image", "text", "ptr"[, "idx"]}, "rng"}
 batch = {"images" (B, H, W, 3), "ids" (B, L) with [CLS] first, "mask" (B, L)[, "idx" (B,) image ids]}
@@ -18,6 +20,7 @@ from blip_jax.losses import alpha_schedule, hard_negatives, itc_loss, itm_loss, 
 from blip_jax.models.blip import Blip, init_params, l2_normalize
 from blip_jax.models.config import BlipConfig
 from blip_jax.models.momentum import momentum_view
+from blip_jax.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +32,15 @@ class Objective:
   alpha: float = 0.4
   alpha_ramp_steps: int = 1  # 2 epochs of steps in pretraining, 1 epoch in retrieval fine-tuning
   label_smoothing: float = 0.1
-  negatives: str = "local"  # "local" (per data shard) or "global" (same-id masked; needs batch["idx"])
+  negatives: str = "local"  # ITM negatives drawn "local" (per data shard) or "global" (whole batch)
   negative_groups: int = 1  # number of data shards for "local"
-  multi_positive: bool = False  # ITC targets by image id (retrieval fine-tuning)
+  multi_positive: bool = False  # retrieval fine-tuning: ITC targets and ITM negatives by image id
+  prompt_length: int = 0  # captioning: leading decoder positions ([DEC] + prompt) that are not targets
+
+
+def losses(model: BlipConfig) -> tuple[str, ...]:
+  """The loss metrics the step reports for this model."""
+  return ("loss", "loss_itc", "loss_itm") + (("loss_lm",) if "lm_head" in model.components else ())
 
 
 def init_state(model: BlipConfig, obj: Objective, tx: optax.GradientTransformation, rng: jax.Array) -> dict:
@@ -88,6 +97,7 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
   """
   model = Blip(model_config)
   c = model_config
+  with_lm = "lm_head" in c.components
 
   def apply(params, method, *args, rng=None, **kw):
     rngs = {"dropout": rng} if rng is not None else {}
@@ -124,12 +134,13 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
       )
       # 5. ITM: positives, then hard negatives drawn without gradient
       b = ids.shape[0]
-      if obj.negatives == "local":
-        sim_i2t, sim_t2i = sims["sim_i2t"][:, :b], sims["sim_t2i"][:, :b]
-      else:
+      if use_idx:  # retrieval: online image vs online text, same-id pairs masked
         sim_i2t = image_feat @ text_feat.T / temp
         sim_t2i = sim_i2t.T
-      neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, mode=obj.negatives, groups=obj.negative_groups, idx=idx)
+      else:  # pretraining: the ITC logits (online vs momentum) of the in-batch columns
+        sim_i2t, sim_t2i = sims["sim_i2t"][:, :b], sims["sim_t2i"][:, :b]
+      groups = obj.negative_groups if obj.negatives == "local" else 1
+      neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, groups=groups, idx=idx if use_idx else None)
       # One pass over [positives; text with negative image; negative text with image]: each image's
       # cross-attention K/V are projected once and gathered (the official code recomputes them for
       # every pair). The decoder below projects the same K/V from the same image tokens; XLA's CSE
@@ -146,6 +157,8 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
         image_index=jnp.concatenate([rows, neg_img, rows]),
       )
       l_itm = itm_loss(logits[:b], logits[b:])
+      if not with_lm:  # retrieval fine-tuning: ITC + ITM only
+        return l_itc + l_itm, {"loss_itc": l_itc, "loss_itm": l_itm}
       # 6. LM with label smoothing ([DEC] replaces [CLS] inside decode)
       logits = apply(p, Blip.decode, ids, mask, img, train=True, rng=r(7))
       l_lm = lm_loss(logits, ids, mask, obj.label_smoothing)
@@ -173,9 +186,7 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
         g, m, f = micro(params, momentum, queues, alpha, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, acc, (g, m)), f
 
-      zeros = jax.tree.map(
-        jnp.zeros_like, (params, {k: jnp.zeros(()) for k in ("loss", "loss_itc", "loss_itm", "loss_lm")})
-      )
+      zeros = jax.tree.map(jnp.zeros_like, (params, {k: jnp.zeros(()) for k in losses(c)}))
       (grads, metrics), feats = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(accum_steps)))
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
       feat_i, feat_t = (f.reshape((-1,) + f.shape[2:]) for f in feats)
@@ -195,3 +206,31 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
     return new_state, metrics
 
   return step
+
+
+def step_flops(exp) -> float:
+  """Analytic FLOPs of one step of `exp` (with or without the LM part)."""
+  from blip_jax.train import flops
+
+  lm = "lm_head" in exp.model.components
+  return flops.pretrain_step_flops(
+    exp.model, exp.cfg.global_batch, exp.cfg.text_length, exp.objective.queue_size, lm=lm
+  )
+
+
+def _evaluator(exp, tokenizer, mesh, out_dir=None):
+  from blip_jax.evaluate.zero_shot import ZeroShot
+
+  return ZeroShot(exp, tokenizer, mesh)
+
+
+TASK = Task(
+  name="pretrain",
+  init_state=lambda exp, rng: init_state(exp.model, exp.objective, exp.optimizer, rng),
+  make_step=lambda exp: make_train_step(exp.model, exp.objective, exp.optimizer, exp.cfg.accum_steps),
+  losses=losses,
+  step_flops=step_flops,
+  make_evaluator=_evaluator,
+  best_metric=None,  # pretraining keeps the latest checkpoints only (the paper selects nothing)
+  batch_keys=("images", "ids", "mask"),
+)

@@ -1,0 +1,55 @@
+"""What the one trainer runs, per `config.model.task`: its state, its step, its evaluator and the metric
+that picks the best checkpoint. The trainer, `blip_jax.aot` and `python -m blip_jax.evaluate` reach a
+task only through `get(name)`.
+
+  pretrain   ITC + ITM + LM with momentum distillation and queues (reference s.5)
+  retrieval  ITC (multi-positive by image id) + ITM (id-masked hard negatives) (reference s.7)
+  caption    LM with the prompt masked, label smoothing 0.1 (reference s.7)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+_MODULES = {
+  "pretrain": "blip_jax.tasks.pretrain",
+  "retrieval": "blip_jax.tasks.retrieval",
+  "caption": "blip_jax.tasks.caption",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task's parts. `exp` is the validated `train.build.Experiment`.
+
+  init_state(exp, rng) -> state dict (plain pytree; see each task's module docstring)
+  make_step(exp) -> step(state, batch) -> (state, metrics): pure, jitted by the caller
+  losses(model) -> names of the loss metrics the step reports (checked finite every log boundary)
+  step_flops(exp) -> analytic FLOPs of one step (for TFLOP/s and MFU)
+  make_evaluator(exp, tokenizer, mesh) -> evaluator with `evaluate(params) -> (metrics, samples)`
+  best_metric: the evaluator metric (higher is better) that picks the best checkpoint, or None
+  batch_keys: the arrays a training batch must hold (AOT compilation without data builds these)
+  """
+
+  name: str
+  init_state: Callable[[Any, Any], dict]
+  make_step: Callable[[Any], Callable]
+  losses: Callable[[Any], tuple[str, ...]]
+  step_flops: Callable[[Any], float]
+  make_evaluator: Callable[[Any, Any, Any], Any]
+  best_metric: str | None
+  batch_keys: tuple[str, ...]
+
+
+def names() -> tuple[str, ...]:
+  """The tasks the trainer runs."""
+  return tuple(_MODULES)
+
+
+def get(name: str) -> Task:
+  """The Task for config.model.task `name`. Raises ValueError naming the trainable tasks."""
+  if name not in _MODULES:
+    raise ValueError(f"config.model.task={name!r}: the trainer runs {names()}")
+  return importlib.import_module(_MODULES[name]).TASK

@@ -1,0 +1,65 @@
+"""Image captioning fine-tuning on COCO (Karpathy split), ViT-B/16 at 384 px: paper Table 7, the
+official configs/caption_coco.yaml (reference s.7): LM with the prompt "a picture of " masked, label
+smoothing 0.1; beam 3, max_length 20, min_length 5 at evaluation; the best model by CIDEr + BLEU-4.
+
+  python -m blip_jax.train --config experiments/caption_coco_base.py --workdir DIR \
+      --config.init_from=/ckpt/model_base.pth
+  python -m blip_jax.evaluate --config experiments/caption_coco_base.py --checkpoint DIR/best \
+      --config.eval.sources='[...coco_karpathy_test.json...]'
+  variants: `:cpu` fine-tunes the demo's model on the synthetic world (run experiments/demo.py first);
+  `:smoke` is a tiny few-step run for tests.
+"""
+
+import ml_collections
+
+from experiments import common, finetune_cpu
+
+ROOT = "/data/blip"
+TRAIN = [dict(type="json", ann=[f"{ROOT}/coco_karpathy_train.json"], image_root=f"{ROOT}/coco")]
+EVAL = [dict(type="json", ann=[f"{ROOT}/coco_karpathy_val.json"], image_root=f"{ROOT}/coco")]
+EVAL_TEST = [dict(type="json", ann=[f"{ROOT}/coco_karpathy_test.json"], image_root=f"{ROOT}/coco")]
+BERT_VOCAB = f"{ROOT}/bert-base-uncased-vocab.txt"
+INIT = f"{ROOT}/model_base.pth"
+
+
+def get_config(arg: str = ""):
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(
+    dict(
+      task="caption",
+      vision="vit_b16",
+      image_size=384,
+      drop_path_rate=0.0,
+      dtype="float32",
+      vision_remat="none",
+      vision_remat_blocks=0,
+      text_remat="none",
+    )
+  )
+  c.objective = ml_collections.ConfigDict(dict(label_smoothing=0.1))
+  c.global_batch = 256  # 32 per GPU x 8
+  c.text_length = 40  # the official decoder truncates at 40 tokens
+  c.num_examples = 566_747
+  c.epochs = 5
+  c.accum_steps = 1
+  c.optimizer = ml_collections.ConfigDict(
+    dict(schedule="cosine", peak_lr=1e-5, min_lr=0.0, weight_decay=0.05, decay_mode="all", clip_norm=0.0)
+  )
+  c.mesh = (-1, 1, 1)
+  c.sharding_rules = common.SHARDING_RULES
+  c.data = common.data(TRAIN, dict(type="wordpiece", vocab=BERT_VOCAB), scale=(0.5, 1.0))
+  common.run(c, log_every=50, checkpoint_every=1000, eval_every=2213, eval_sources=EVAL, eval_num=0, eval_batch=64)
+  c.prompt = "a picture of "
+  c.init_from = INIT
+  if arg == "cpu":
+    finetune_cpu.apply(c, "caption")
+    c.text_length = 32  # the synthetic tokenizer spends 12 tokens on the prompt
+    c.epochs = 3
+    c.optimizer.peak_lr = 2e-4
+    c.eval.max_length, c.eval.min_length = 30, 16  # [DEC] + 12 prompt tokens + the caption, as 20 / 5 do
+    c.eval.every = 64
+  elif arg:
+    finetune_cpu.apply(c, "caption", arg)
+    c.text_length = 24
+    c.eval.max_length, c.eval.min_length = 20, 14
+  return c
