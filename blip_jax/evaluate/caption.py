@@ -2,7 +2,8 @@
 min_length 5, both counting [DEC] and the prompt) over the eval set, the prompt stripped from the
 output, scored against every reference caption with pycocoevalcap (coco_metrics): BLEU-1..4, ROUGE-L,
 CIDEr (METEOR with eval.meteor where Java exists). `cider_bleu4` = CIDEr + BLEU-4 picks the best
-checkpoint, as the official model selection on Karpathy val.
+checkpoint, as the official model selection on Karpathy val. `CIDEr_shuffled` scores the same captions
+against the next image's references: what captions that ignore the image would get.
 
 The images are encoded and decoded in batches sharded over the mesh's batch axes. With an `out_dir`,
 each evaluation writes `captions_step_<N>.json` there: `[{"image_id", "caption"}]`, the file the COCO
@@ -80,6 +81,9 @@ class Captioning:
     references = {i: refs for i, refs in enumerate(self.data.captions)}
     metrics = coco_metrics.score(results, references, meteor=self.meteor)
     metrics["cider_bleu4"] = metrics["CIDEr"] + metrics["Bleu_4"]
+    if len(captions) > 1:  # a floor: the same captions, each scored against another image's references
+      shifted = {i: captions[(i + 1) % len(captions)] for i in results}
+      metrics["CIDEr_shuffled"] = coco_metrics.score(shifted, references)["CIDEr"]
     metrics["images"] = float(len(captions))
     if self.out_dir and jax.process_index() == 0:
       os.makedirs(self.out_dir, exist_ok=True)

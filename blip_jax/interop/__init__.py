@@ -4,6 +4,7 @@ The only part of blip_jax that touches torch, transformers or safetensors, and o
 functions that need them: `import blip_jax.interop` works without any of them.
 """
 
+from blip_jax.interop import towers
 from blip_jax.interop.checkpoint import Checkpoint, CheckpointError, select_params
 from blip_jax.interop.hf import load_hf, save_hf
 from blip_jax.interop.load import (
@@ -42,4 +43,5 @@ __all__ = [
   "save_salesforce",
   "select_params",
   "tokenizer_file",
+  "towers",
 ]

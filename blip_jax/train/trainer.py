@@ -29,6 +29,7 @@ import numpy as np
 
 from blip_jax import interop
 from blip_jax.data.loader import to_global_arrays
+from blip_jax.models.blip import init_params
 from blip_jax.models.momentum import momentum_view
 from blip_jax.train import build, chips, inputs
 from blip_jax.train import sharding as S
@@ -46,15 +47,22 @@ class NonFiniteLoss(RuntimeError):
 
 def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -> tuple[dict, list[str]]:
   """Params (and their momentum copies) from any checkpoint `interop.load` reads, narrowed to this
-  task and resized to this image size, checked against the state's shapes."""
+  task and resized to this image size, checked against the state's shapes; or, for
+  "vision=PATH;text=PATH", an ImageNet ViT and / or BERT for the towers (interop.towers)."""
   model = exp.model
-  # the run's own tokenizer decides the vocabulary: one stored beside the checkpoint is not read
-  ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size, with_tokenizer=False)
-  params = interop.select_params(state["params"], ckpt.params, path, f"config.model (task {model.task})")
+  towers = interop.towers.parse_spec(path)
+  if towers is not None:
+    fresh = init_params(model, jax.random.key(exp.cfg.seed))  # on the host: the parts the files lack
+    params, notes = interop.towers.load_towers(towers, jax.tree.map(np.asarray, fresh))
+  else:
+    # the run's own tokenizer decides the vocabulary: one stored beside the checkpoint is not read
+    ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size, with_tokenizer=False)
+    params, notes = ckpt.params, list(ckpt.notes)
+  params = interop.select_params(state["params"], params, path, f"config.model (task {model.task})")
   state = dict(state, params=jax.device_put(params, shardings["params"]))
   if "momentum" in state:  # the momentum encoder starts as a copy, as the official fine-tuning does
     state["momentum"] = jax.device_put(jax.tree.map(jnp.array, momentum_view(params)), shardings["momentum"])
-  return state, list(ckpt.notes)
+  return state, notes
 
 
 def _export(state: dict, exp: build.Experiment, workdir: str, directory: str) -> str:
