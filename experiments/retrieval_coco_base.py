@@ -57,8 +57,8 @@ def get_config(arg: str = ""):
   if arg == "cpu":
     finetune_cpu.apply(c, "retrieval")
     c.objective.queue_size = 512
-    c.epochs = 2
-    c.optimizer.peak_lr = 1e-4
+    c.epochs = 4
+    c.optimizer.peak_lr = 2e-4
     c.eval.k_test = 32
     c.eval.every = 64
   elif arg:

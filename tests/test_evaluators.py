@@ -130,3 +130,23 @@ def test_caption_prompt_is_masked_from_the_targets(tmp_path):
   caption_changed = ids.copy()
   caption_changed[0, exp.objective.prompt_length] += 1
   assert float(lm_loss(logits, caption_changed, mask, 0.1, exp.objective.prompt_length)) != base
+
+
+def test_karpathy_files_string_ids_and_five_captions(tmp_path):
+  from blip_jax.data.sources import JsonSource
+  from blip_jax.data.write_synthetic import write
+
+  counts = write(str(tmp_path), 12, 4, 0.0, 0, image_size=32)
+  assert counts["karpathy_train"] == 60 and counts["karpathy_test"] == 4
+  src = JsonSource([str(tmp_path / "annotations" / "karpathy_train.json")], str(tmp_path), "retrieval")
+  ids = [r["image_id"] for r in src.records]
+  assert ids == [i // 5 for i in range(60)]  # "synthetic_3" -> 3: one dense id per image, its 5 captions share it
+  cfg = retrieval_coco_base.get_config("smoke")
+  cfg.eval.sources = (
+    dict(type="json", ann=str(tmp_path / "annotations" / "karpathy_test.json"), image_root=str(tmp_path)),
+  )
+  cfg.eval.num = 0
+  tok = inputs.tokenizer(cfg, str(tmp_path))
+  data = eval_set.load(cfg, tok, 32)
+  assert len(data) == 4 and all(len(c) == 5 for c in data.captions)
+  assert list(data.image_ids) == [12, 13, 14, 15]  # from the file names' digits

@@ -113,3 +113,25 @@ def test_finetuned_models_export_to_hf_with_equal_outputs(finetuned, task, tmp_p
       ours = apply(Blip.decode, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(img))
       theirs = out.logits.numpy()
   assert np.abs(ours - theirs).max() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["retrieval", "caption"])
+def test_sigkill_mid_finetune_then_resume_is_bitwise_identical(finetuned, baseline, task, tmp_path):
+  import signal
+  import time
+
+  from tests.trainer_runs import wait_for_step
+
+  args = (f"--config.init_from={baseline[0] / 'model'}",)
+  proc = cli(tmp_path, *args, wait=False, config=CONFIGS[task])
+  wait_for_step(proc, tmp_path, 4)
+  t0 = time.time()
+  while not any(d.isdigit() for d in os.listdir(tmp_path / "checkpoints")) and time.time() - t0 < 120:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(losses(tmp_path)) < STEPS
+  rc, out = cli(tmp_path, *args, config=CONFIGS[task])
+  assert rc == 0 and "resumed from" in out, out
+  assert losses(tmp_path) == losses(finetuned[task][0])  # every step, bitwise

@@ -7,6 +7,8 @@ DIR/images/NNNNNN.jpg and, in DIR/annotations/:
   pretrain.json        [{image, caption, clean}]            (noisy captions; `clean` = the record)
   retrieval_train.json [{image, caption, image_id}]         (true captions)
   retrieval_eval.json  [{image, caption: [...]}]            (held-out examples)
+  karpathy_train.json  [{image, caption, image_id: "synthetic_N"}], five per image   (the official
+  karpathy_test.json   [{image, caption: [5 captions]}]      Karpathy-split formats, string ids)
   vqa_train.json       [{image, question, answer: [...], dataset: "synthetic"}]
   nlvr_train.json      [{images: [a, b], sentence, label}]
 Image paths are relative to DIR. Unless --no-tfds, pretrain.json is also written as the array_record
@@ -26,16 +28,28 @@ def write(out: str, num: int, num_eval: int, noise: float, seed: int, image_size
   world = SyntheticWorld(num + num_eval, seed=seed, noise=noise, image_size=image_size, noisy_prefix=num)
   os.makedirs(os.path.join(out, "images"), exist_ok=True)
   os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
-  ann = {k: [] for k in ("pretrain", "retrieval_train", "retrieval_eval", "vqa_train", "nlvr_train")}
+  names = (
+    "pretrain",
+    "retrieval_train",
+    "retrieval_eval",
+    "karpathy_train",
+    "karpathy_test",
+    "vqa_train",
+    "nlvr_train",
+  )
+  ann = {k: [] for k in names}
   for i in range(len(world)):
     img, ex = world[i]
     rel = f"images/{i:06d}.jpg"
     img.save(os.path.join(out, rel), quality=95)
     if i >= num:  # held out: evaluation only, true captions
       ann["retrieval_eval"].append({"image": rel, "caption": [ex.true_caption]})
+      ann["karpathy_test"].append({"image": rel, "caption": world.captions(i, 5)})
       continue
     ann["pretrain"].append({"image": rel, "caption": ex.caption, "clean": ex.clean})
     ann["retrieval_train"].append({"image": rel, "caption": ex.true_caption, "image_id": i})
+    for caption in world.captions(i, 5):
+      ann["karpathy_train"].append({"image": rel, "caption": caption, "image_id": f"synthetic_{i}"})
     for q, a in world.vqa(i):
       ann["vqa_train"].append({"image": rel, "question": q, "answer": [a], "dataset": "synthetic"})
     left, right, sentence, label = world.nlvr(i)
