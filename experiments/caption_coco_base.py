@@ -37,20 +37,19 @@ def get_config(arg: str = ""):
     )
   )
   c.objective = ml_collections.ConfigDict(dict(label_smoothing=0.1))
-  c.global_batch = 256  # 32 per GPU x 8
   c.text_length = 40  # the official decoder truncates at 40 tokens
-  c.num_examples = 566_747
-  c.epochs = 5
-  c.accum_steps = 1
-  c.optimizer = ml_collections.ConfigDict(
-    dict(schedule="cosine", peak_lr=1e-5, min_lr=0.0, weight_decay=0.05, decay_mode="all", clip_norm=0.0)
+  common.finetune(
+    c,
+    train=TRAIN,
+    eval_sources=EVAL,
+    vocab=BERT_VOCAB,
+    init_from=INIT,
+    epochs=5,
+    num_examples=566_747,  # captions in coco_karpathy_train.json
+    eval_batch=64,
+    eval_every=2213,  # once per epoch
   )
-  c.mesh = (-1, 1, 1)
-  c.sharding_rules = common.SHARDING_RULES
-  c.data = common.data(TRAIN, dict(type="wordpiece", vocab=BERT_VOCAB), scale=(0.5, 1.0))
-  common.run(c, log_every=50, checkpoint_every=1000, eval_every=2213, eval_sources=EVAL, eval_num=0, eval_batch=64)
   c.prompt = "a picture of "
-  c.init_from = INIT
   if arg == "cpu":
     finetune_cpu.apply(c, "caption")
     c.text_length = 32  # the synthetic tokenizer spends 12 tokens on the prompt

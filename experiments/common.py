@@ -74,3 +74,23 @@ def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=()
     )
   )
   return c
+
+
+def finetune(c, *, train, eval_sources, vocab, init_from, epochs, num_examples, eval_batch, eval_every):
+  """The keys every paper fine-tuning config shares (the official configs/*.yaml; reference s.7), on
+  config c (in place): global batch 256 (32 per GPU x 8), AdamW wd 0.05 with a per-epoch cosine from
+  1e-5 to 0, crops of scale (0.5, 1), BERT's wordpiece vocabulary, the whole eval split."""
+  c.global_batch = 256
+  c.num_examples = num_examples
+  c.epochs = epochs
+  c.accum_steps = 1
+  c.optimizer = ml_collections.ConfigDict(
+    dict(schedule="cosine", peak_lr=1e-5, min_lr=0.0, weight_decay=0.05, decay_mode="all", clip_norm=0.0)
+  )
+  c.mesh = (-1, 1, 1)
+  c.sharding_rules = SHARDING_RULES
+  c.data = data(train, dict(type="wordpiece", vocab=vocab), scale=(0.5, 1.0))
+  run(c, log_every=50, checkpoint_every=1000, eval_every=eval_every, eval_sources=eval_sources, eval_num=0)
+  c.eval.batch = eval_batch
+  c.init_from = init_from
+  return c

@@ -63,7 +63,11 @@ def get_config(arg: str = ""):
   c.sharding_rules = common.SHARDING_RULES  # logical axis -> mesh axes (flax lm1b style)
   c.data = common.data(DATA, dict(type="wordpiece", vocab=BERT_VOCAB), scale=(0.2, 1.0))
   common.run(c, log_every=50, checkpoint_every=2000, eval_every=5000, eval_sources=EVAL, eval_num=5000, eval_batch=256)
+  # the paper's starting points: ImageNet DeiT-B (the official ViT-B init) and bert-base-uncased (an HF
+  # directory); see blip_jax/interop/towers.py. "" starts from scratch.
+  c.init_from = f"vision={ROOT}/deit_base_patch16_224-b5f2ef4d.pth;text={ROOT}/bert-base-uncased"
   if arg == "cpu":
+    c.init_from = ""
     c.model.vision = "tiny"
     c.model.image_size = 32
     c.objective.queue_size = 64

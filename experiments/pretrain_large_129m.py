@@ -20,4 +20,6 @@ def get_config(arg: str = ""):
   # 2400 = 2^5 * 75: the batch shards over at most 32 data-parallel groups, so a 64-chip slice
   # splits the rest over tensor parallelism
   c.mesh = (32, 1, -1)
+  # the official ViT-L init: timm's ImageNet-21k ViT-L/16 (its head is dropped)
+  c.init_from = c.init_from.replace("deit_base_patch16_224-b5f2ef4d.pth", "jx_vit_large_patch16_224_in21k-606da67d.pth")
   return c

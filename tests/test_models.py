@@ -173,3 +173,24 @@ def test_image_index_equals_explicit_gather(batch):
   dec_g = m.apply({"params": p}, ids4, mask4, img[index], method=Blip.decode)
   dec_i = m.apply({"params": p}, ids4, mask4, img, method=Blip.decode, image_index=index)
   np.testing.assert_allclose(dec_i, dec_g, atol=1e-5)
+
+
+def test_remat_of_the_last_vision_blocks_keeps_params_and_outputs():
+  """Official vit_grad_ckpt / vit_ckpt_layer: only the last n blocks rematerialised; same tree, same
+  forward, same gradients."""
+  import dataclasses
+
+  plain = tiny("retrieval")
+  last = dataclasses.replace(plain, vision_remat="full", vision_remat_blocks=1)
+  params = init_params(plain, jax.random.key(0))
+  assert jax.tree.structure(params) == jax.tree.structure(init_params(last, jax.random.key(0)))
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+
+  def loss(p, c):
+    return (Blip(c).apply({"params": p}, images, method=Blip.encode_image) ** 2).mean()
+
+  g1, g2 = jax.grad(loss)(params, plain), jax.grad(loss)(params, last)
+  assert float(loss(params, plain)) == pytest.approx(float(loss(params, last)), abs=1e-6)
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2))) < 1e-6
+  with pytest.raises(ValueError, match="vision_remat_blocks=3"):
+    dataclasses.replace(plain, vision_remat_blocks=3)
