@@ -65,7 +65,7 @@ def run(c, *, log_every=50, checkpoint_every=1000, eval_every=0, eval_sources=()
       num=eval_num,  # images (0 = all)
       batch=eval_batch,
       every=eval_every,  # steps between evaluations (0 = at the end only); the best model is kept
-      max_captions=8,  # reference captions per image (Karpathy COCO: 5 to 7)
+      max_captions=10,  # reference captions per image (Karpathy COCO: 5 to 7), answers per VQA question (10)
       k_test=256,  # retrieval: candidates re-ranked by ITM per query (COCO 256, Flickr 128)
       num_beams=3,  # captioning: beam search (1 = greedy)
       max_length=20,  # captioning: counts [DEC] and the prompt, as the official code

@@ -178,8 +178,6 @@ def test_image_index_equals_explicit_gather(batch):
 def test_remat_of_the_last_vision_blocks_keeps_params_and_outputs():
   """Official vit_grad_ckpt / vit_ckpt_layer: only the last n blocks rematerialised; same tree, same
   forward, same gradients."""
-  import dataclasses
-
   plain = tiny("retrieval")
   last = dataclasses.replace(plain, vision_remat="full", vision_remat_blocks=1)
   params = init_params(plain, jax.random.key(0))

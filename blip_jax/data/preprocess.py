@@ -22,6 +22,7 @@ class Preprocess:
     pretrain / retrieval (also captioning, with `prompt`): images (S, S, 3) f32, ids (L,), mask (L,), idx ()
     eval: images, idx, captions (C,) str (every reference caption, "" padded), num_captions (),
           image_id () (the record's, else the digits ending the file name, else the index)
+    vqa at evaluation also: answers (C,) str (every annotator's), num_answers (), question_id ()
     vqa: images, ids, mask (question), answer_ids (A, La),
     answer_mask (A, La), answer_weight (A,)    nlvr: images (2, S, S, 3), ids, mask, label ()
   idx is the record's image_id where it has one (multi-positive ITC), else the source index."""
@@ -38,7 +39,7 @@ class Preprocess:
   randaug: bool = True
   answer_length: int = 8
   max_answers: int = 4
-  max_captions: int = 8  # eval: reference captions kept per image (Karpathy COCO has 5 to 7)
+  max_captions: int = 10  # eval: reference captions per image (Karpathy COCO 5 to 7), VQA answers (10)
 
   def __post_init__(self):
     if self.fmt not in RECORD_FORMATS:
@@ -77,6 +78,13 @@ class Preprocess:
     if t == "vqa":
       out["ids"], out["mask"] = self.text(pre_question(record["question"]))
       out.update(self.answers(record))
+      if not self.train:  # the evaluators score against every annotator's raw answer
+        raw = record.get("answer", [])
+        raw = ([raw] if isinstance(raw, str) else list(raw))[: self.max_captions]
+        out["answers"] = np.array(raw + [""] * (self.max_captions - len(raw)))
+        out["num_answers"] = np.int32(len(raw))
+        qid = record.get("question_id", index)
+        out["question_id"] = np.int64(qid if isinstance(qid, int) else index)
       return out
     caption = record["caption"]
     if isinstance(caption, list):  # several captions per image (TFDS coco): one per (example, epoch)

@@ -187,10 +187,19 @@ class JsonSource:
 
 
 class SyntheticSource:
-  """The synthetic world as BLIP records: caption (possibly noisy), image_id, clean."""
+  """The synthetic world as BLIP records of the format `fmt` asks for: captions (caption, possibly
+  noisy, image_id, clean), VQA (question, answer: ten agreeing annotators, dataset) or NLVR2 (two
+  scenes, sentence, label)."""
 
   def __init__(
-    self, num: int, seed: int = 0, noise: float = 0.0, image_size: int = 96, offset: int = 0, captions: int = 1
+    self,
+    num: int,
+    seed: int = 0,
+    noise: float = 0.0,
+    image_size: int = 96,
+    offset: int = 0,
+    captions: int = 1,
+    fmt: str = "pretrain",
   ):
     """captions > 1: every record carries that many captions (the first as with 1, the others other
     true descriptions of the scene), like COCO's five: training draws one per epoch, evaluation uses
@@ -199,7 +208,7 @@ class SyntheticSource:
 
     if captions < 1:
       raise ValueError(f"data source 'synthetic': captions={captions} must be >= 1")
-    self.captions = captions
+    self.captions, self.fmt = captions, fmt
     self.offset = offset  # a held-out range: examples [offset, offset + num) of a larger world
     self.world = SyntheticWorld(
       offset + num, seed=seed, noise=noise, image_size=image_size, noisy_prefix=offset + num if offset == 0 else offset
@@ -213,7 +222,14 @@ class SyntheticSource:
     return f"synthetic example {self.offset + i}"
 
   def __getitem__(self, i: int) -> dict:
+    if self.fmt == "nlvr":
+      left, right, sentence, label = self.world.nlvr(self.offset + i)
+      return {"pil": [self.world[left][0], self.world[right][0]], "sentence": sentence, "label": label}
     img, ex = self.world[self.offset + i]
+    if self.fmt == "vqa":  # one of the scene's questions, drawn per scene
+      qa = self.world.vqa(self.offset + i)
+      question, answer = qa[int(np.random.default_rng([self.world.seed, 6, self.offset + i]).integers(len(qa)))]
+      return {"pil": [img], "question": question, "answer": [answer] * 10, "dataset": "synthetic"}
     caption = (
       ex.caption if self.captions == 1 else [ex.caption] + self.world.captions(self.offset + i, self.captions)[1:]
     )
@@ -251,7 +267,7 @@ def make_source(spec: dict, fmt: str):
 
       return TfdsSource(**spec)
     if kind == "synthetic":
-      return SyntheticSource(**spec)
+      return SyntheticSource(**spec, fmt=fmt)
   except TypeError as e:  # unknown or missing keys
     raise ValueError(f"data source {kind!r}: {e}") from None
   raise ValueError(f"data source type={kind!r}: must be 'json', 'tfds' or 'synthetic'")

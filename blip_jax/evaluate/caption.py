@@ -54,7 +54,7 @@ class Captioning:
     self._encode = jax.jit(
       lambda p, x: self.model.apply({"params": p}, x, method=Blip.encode_image), out_shardings=sharded
     )
-    self._replicated = NamedSharding(mesh, PartitionSpec())
+    self._gather = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
   def captions(self, params) -> list[str]:
     """One caption per eval image (beam search; the prompt removed)."""
@@ -70,7 +70,7 @@ class Captioning:
       ids, lengths = generate(
         params, self.text_config, embeds, jnp.asarray(self.prompt), method=method, options=options
       )
-      ids, lengths = jax.device_get(jax.device_put((ids, lengths), self._replicated))
+      ids, lengths = jax.device_get(self._gather((ids, lengths)))  # every process gets every caption
       out += [self.tokenizer.decode(ids[r, 1 + p : lengths[r]]).strip() for r in range(m)]
     return out
 

@@ -1,5 +1,6 @@
-"""The held-out set every evaluator reads: images (eval transform) with all their reference captions,
-read once from config.eval.sources in order (unreadable images are skipped and counted)."""
+"""The held-out sets the evaluators read, once, from config.eval.sources in order (unreadable images
+are skipped and counted): images (eval transform) with all their reference captions (`load`), or the
+stacked arrays of another record format (`load_arrays`: VQA, NLVR2)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,22 @@ def load(cfg, tokenizer, image_size: int) -> EvalSet:
 def tokenize(tokenizer, texts: list[str], length: int, max_words: int = 30) -> tuple[np.ndarray, np.ndarray]:
   """Captions cleaned as the official evaluation (pre_caption) and tokenised: (T, L) ids and mask."""
   return tokenizer.encode([pre_caption(t, max_words) for t in texts], length)
+
+
+def load_arrays(cfg, tokenizer, image_size: int, fmt: str) -> tuple[dict, int]:
+  """Every eval example of config.eval.sources in record format `fmt`, as stacked arrays (the first
+  config.eval.num; 0 = all), and the number of unreadable ones skipped."""
+  loader = inputs.eval_loader(cfg, tokenizer, image_size, fmt)
+  parts, n = [], 0
+  try:
+    for batch in loader:
+      parts.append(batch)
+      n += len(batch["images"])
+      if cfg.eval.num and n >= cfg.eval.num:
+        break
+  finally:
+    loader.close()
+  if not parts:
+    raise ValueError("config.eval.sources: no readable evaluation examples")
+  limit = cfg.eval.num or n
+  return {k: np.concatenate([p[k] for p in parts])[:limit] for k in parts[0]}, loader.skipped

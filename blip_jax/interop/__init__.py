@@ -5,7 +5,7 @@ functions that need them: `import blip_jax.interop` works without any of them.
 """
 
 from blip_jax.interop import towers
-from blip_jax.interop.checkpoint import Checkpoint, CheckpointError, select_params
+from blip_jax.interop.checkpoint import Checkpoint, CheckpointError, fill_fresh, select_params
 from blip_jax.interop.hf import load_hf, save_hf
 from blip_jax.interop.load import (
   FORMATS,
@@ -28,6 +28,7 @@ __all__ = [
   "FORMATS",
   "detect_format",
   "export_state_dict",
+  "fill_fresh",
   "find_tokenizer",
   "import_state_dict",
   "load",

@@ -20,6 +20,8 @@ class Checkpoint:
   (the Salesforce buffers are (E, Q) and (1, Q): they are transposed on the way in and out).
   notes: what the import filled in, resized or dropped, for the user to see.
   tokenizer: the tokenizer found beside the checkpoint by `interop.load` (None: not looked up / none).
+  fresh: names of modules the model has and this checkpoint leaves to their initialisation by design
+  (NLVR2 from a pretraining checkpoint: `merge_layer`, `cls_head_0`, `cls_head_2`); see `fill_fresh`.
   """
 
   config: BlipConfig
@@ -28,6 +30,7 @@ class Checkpoint:
   queues: dict[str, Any] | None = None
   notes: list[str] = dataclasses.field(default_factory=list)
   tokenizer: Any = None
+  fresh: tuple[str, ...] = ()
 
 
 class CheckpointError(ValueError):
@@ -74,3 +77,16 @@ def select_params(want, have: dict, source: str, what: str = "the model", exact:
   if missing or mismatched or unexpected:
     raise CheckpointError(source, f"does not fit {what}", missing=missing, mismatched=mismatched, unexpected=unexpected)
   return unflatten(leaves)
+
+
+def fill_fresh(have: dict, initial: dict, names: tuple[str, ...]) -> tuple[dict, list[str]]:
+  """`have` plus the leaves of `initial` it lacks whose path passes through a module in `names`
+  (what a checkpoint leaves to initialisation by design, `Checkpoint.fresh`). Returns (tree, the
+  filled paths); anything else missing is left for `select_params` to report."""
+  flat = dict(flatten(have))
+  filled = []
+  for path, value in flatten(initial):
+    if path not in flat and any(p in names for p in path):
+      flat[path] = value
+      filled.append("/".join(path))
+  return unflatten(sorted(flat.items())), filled

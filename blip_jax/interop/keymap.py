@@ -28,6 +28,7 @@ TEXT_PREFIXES: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
   ("retrieval", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
   ("itm", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
   ("vqa", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
+  ("nlvr", "text"): {"shared": (_ENC,), "enc_sa": (_ENC,)},
   ("caption", "text"): {"shared": (_DEC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
   ("vqa", "answer_decoder"): {"shared": (_DEC,), "dec_sa": (_DEC,), "cls": (_CLS,)},
 }
@@ -160,6 +161,9 @@ def entries(task: str, params: dict[str, Any], momentum_params: dict[str, Any] |
           keys = tuple(p + key for p in prefixes)
       elif top == "temp":
         keys, kind = ("temp",), "copy"
+      elif top.startswith("cls_head_"):  # nn.Sequential indices: cls_head.0 / cls_head.2
+        leaf, kind = _leaf(rest[-1])
+        keys = (f"cls_head.{top.removeprefix('cls_head_')}.{leaf}",)
       else:  # vision_proj, text_proj, itm_head
         leaf, kind = _leaf(rest[-1])
         keys = (f"{top}{suffix}.{leaf}",)

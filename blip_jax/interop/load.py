@@ -73,11 +73,17 @@ def read(
 
 def narrow(ckpt: Checkpoint, task: str, source: str = "<checkpoint>") -> Checkpoint:
   """The params of `task`'s model taken from a checkpoint of a task that contains them (pretrain ->
-  caption / itm / retrieval: they share tensors by design). Queues are not carried across tasks."""
+  caption / itm / retrieval: they share tensors by design). Queues are not carried across tasks.
+  NLVR2 from any image-grounded encoder: as the official loader, both cross-attention branches start
+  from the one pretrained cross-attention; the merge layers and the head start fresh (`fresh`)."""
   if task not in TASKS:
     raise ValueError(f"task={task!r}: must be one of {sorted(TASKS)}")
   if task == ckpt.config.task:
     return ckpt
+  if task == "nlvr":
+    return _two_branches(narrow(ckpt, "itm", source) if ckpt.config.task != "itm" else ckpt, source)
+  if task == "vqa" and ckpt.config.task == "pretrain":
+    return _question_answer(ckpt, source)
   target = ckpt.config.replace(task=task)
   shapes = param_shapes(target)
   params = select_params(shapes, ckpt.params, source, f"a {task!r} model")
@@ -86,6 +92,66 @@ def narrow(ckpt: Checkpoint, task: str, source: str = "<checkpoint>") -> Checkpo
     momentum = select_params(momentum_view(shapes), ckpt.momentum_params, source, f"{task!r} momentum copies")
   notes = list(ckpt.notes) + [f"narrowed the {ckpt.config.task!r} checkpoint to task {task!r}"]
   return Checkpoint(target, params, momentum, None, notes)
+
+
+def _two_branches(ckpt: Checkpoint, source: str) -> Checkpoint:
+  """An image-grounded encoder (task itm) as the NLVR2 model: every layer's cross-attention `self`
+  copied to `self0` / `self1` and its output `dense` to `dense0` / `dense1` (the official
+  blip_nlvr.load_checkpoint); merges from half the depth on (6 of BERT-base's 12 layers)."""
+  text = dataclasses.replace(
+    ckpt.config.text, num_cross_branches=2, cross_merge_from_layer=ckpt.config.text.num_layers // 2
+  )
+  config = ckpt.config.replace(task="nlvr", text=text)
+  tower = {}
+  for name, sub in ckpt.params["text"].items():
+    if name.startswith("layer_"):
+      cross = sub["crossattention"]
+      out = {k: v for k, v in cross["output"].items() if k != "dense"}
+      out.update(dense0=cross["output"]["dense"], dense1=_copy(cross["output"]["dense"]))
+      sub = dict(sub, crossattention={"self0": cross["self"], "self1": _copy(cross["self"]), "output": out})
+    tower[name] = sub
+  params = {"visual_encoder": ckpt.params["visual_encoder"], "text": tower}
+  notes = list(ckpt.notes) + [
+    f"NLVR2 from the {ckpt.config.task!r} image-grounded encoder: both cross-attention branches copy its "
+    "cross-attention; merge layers and cls_head start fresh"
+  ]
+  return Checkpoint(config, params, None, None, notes, fresh=("merge_layer", "cls_head_0", "cls_head_2"))
+
+
+def _question_answer(ckpt: Checkpoint, source: str) -> Checkpoint:
+  """A pretraining checkpoint as the VQA model, as the official blip_vqa load_checkpoint: the question
+  encoder is the image-grounded encoder, the answer decoder the image-grounded decoder. Its
+  cross-attention K/V read the question's states (text width) instead of the image's: where the
+  widths differ (ViT-L) those K/V start fresh, as the official loader drops mis-shaped tensors."""
+  encoder, decoder = narrow(ckpt, "itm", source), narrow(ckpt, "caption", source)
+  config = ckpt.config.replace(task="vqa")
+  answer = decoder.params["text"]
+  fresh: tuple[str, ...] = ()
+  if ckpt.config.vision.width != ckpt.config.text.hidden_size:
+    answer = {
+      name: dict(sub, crossattention=_without_kv(sub["crossattention"])) if name.startswith("layer_") else sub
+      for name, sub in answer.items()
+    }
+    fresh = ("crossattention",)
+  params = {
+    "visual_encoder": encoder.params["visual_encoder"],
+    "text": encoder.params["text"],
+    "answer_decoder": answer,
+  }
+  notes = list(ckpt.notes) + [
+    "VQA from the pretraining checkpoint: question encoder = its encoder, answer decoder = its decoder"
+  ]
+  if fresh:
+    notes.append("the answer decoder's cross-attention key/value start fresh (vision width != text width)")
+  return Checkpoint(config, params, None, None, notes, fresh=fresh)
+
+
+def _without_kv(cross: dict) -> dict:
+  return dict(cross, self={k: v for k, v in cross["self"].items() if k not in ("key", "value")})
+
+
+def _copy(tree):
+  return {k: _copy(v) if isinstance(v, dict) else np.array(v) for k, v in tree.items()}
 
 
 def resize_image(ckpt: Checkpoint, image_size: int) -> Checkpoint:

@@ -8,6 +8,7 @@ BlipForQuestionAnswering keys (ViT renamed; no buffers, momentum, queues or temp
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Iterable, Mapping
 
@@ -242,7 +243,7 @@ def infer_config(sd: Mapping[str, Any], task: str, source: str = "<state dict>")
     num_heads=max(width // 64, 1),
     mlp_dim=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0],
   )
-  bert = "text_encoder." if task in ("pretrain", "retrieval", "itm", "vqa") else "text_decoder.bert."
+  bert = "text_encoder." if task in ("pretrain", "retrieval", "itm", "vqa", "nlvr") else "text_decoder.bert."
   vocab, hidden = shape(bert + "embeddings.word_embeddings.weight")
   layers = 1 + max(
     (int(m.group(1)) for k in sd for m in [re.match(re.escape(bert) + r"encoder\.layer\.(\d+)\.", k)] if m), default=-1
@@ -255,6 +256,14 @@ def infer_config(sd: Mapping[str, Any], task: str, source: str = "<state dict>")
     intermediate_size=shape(bert + "encoder.layer.0.intermediate.dense.weight")[0],
     max_position_embeddings=shape(bert + "embeddings.position_embeddings.weight")[0],
   )
+  if task == "nlvr":  # two branches; merged by a Linear from the first layer that has one
+    merged = [
+      int(m.group(1))
+      for k in sd
+      for m in [re.match(re.escape(bert) + r"encoder\.layer\.(\d+)\.crossattention\.output\.merge_layer\.", k)]
+      if m
+    ]
+    text = dataclasses.replace(text, num_cross_branches=2, cross_merge_from_layer=min(merged, default=layers))
   embed_dim = shape("vision_proj.weight")[0] if "vision_proj.weight" in sd else 256
   return BlipConfig(task=task, vision=vision, text=text, embed_dim=embed_dim)
 
@@ -263,6 +272,8 @@ def guess_task(keys: Iterable[str]) -> str | None:
   """Best guess of the Salesforce task a key set came from (for error hints)."""
   keys = set(keys)
   has = lambda p: any(k.startswith(p) for k in keys)
+  if "cls_head.0.weight" in keys:
+    return "nlvr"
   if "idx_queue" in keys:
     return "retrieval"
   if (

@@ -7,6 +7,7 @@ Parameter tree (top level; which entries exist depends on `config.task`, see con
   vision_proj, text_proj                                (pretrain, retrieval, itm)
   itm_head                                              (pretrain, retrieval, itm)
   temp             ITC temperature, clamped on every use (pretrain, retrieval)
+  cls_head_0, cls_head_2   NLVR2 head: Linear(D, D), ReLU, Linear(D, 2) on [ENC]   (nlvr)
 
 Methods (use with `model.apply({"params": params}, ..., method=Blip.<name>)`, or the helpers at the
 bottom of this file). Images are NHWC, normalised; token ids (B, L) int32 with a (B, L) 1/0 mask.
@@ -51,6 +52,9 @@ class Blip(nn.Module):
       self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), name=None, **kw)
     if "itm" in comps:
       self.itm_head = layers.dense(2, ("embed", "classes"), name=None, **kw)
+    if "cls_head" in comps:  # official nn.Sequential(Linear, ReLU, Linear): indices 0 and 2
+      self.cls_head_0 = layers.dense(c.text.hidden_size, ("embed", "mlp"), name=None, **kw)
+      self.cls_head_2 = layers.dense(2, ("mlp", "classes"), name=None, **kw)
     # setup() params are created eagerly: declare temp only where it exists, so sub-trees without it
     # (the momentum copies) apply without a stand-in.
     if "temp" in comps and (self.is_initializing() or self.has_variable("params", "temp")):
@@ -117,6 +121,13 @@ class Blip(nn.Module):
     """ITC temperature clamped to [temp_min, temp_max] (BLIP clamps before every forward)."""
     return jnp.clip(self.temp, self.config.temp_min, self.config.temp_max)
 
+  # ---- NLVR2 --------------------------------------------------------------------------------
+  def nlvr_logits(self, ids, mask, image_embeds0, image_embeds1, train: bool = False):
+    """(B, L) statements over two images' tokens (B, 1+N, Dv) each -> (B, 2) logits [false, true]."""
+    ids = with_first_token(ids, self.config.text.enc_token_id)
+    h = self.text(ids, mask, mode="multimodal", encoder_states=(image_embeds0, image_embeds1), train=train)
+    return self.cls_head_2(nn.relu(self.cls_head_0(h[:, 0]))).astype(jnp.float32)
+
   # ---- VQA ----------------------------------------------------------------------------------
   def answer_logits(self, answer_ids, answer_mask, question_states, question_mask, train=False):
     """VQA answer decoder ([DEC] first) over question-encoder states -> (B, La, V) logits."""
@@ -131,8 +142,13 @@ class Blip(nn.Module):
     """Every output the task's model has for one batch: images (B, S, S, 3), ids / mask (B, L) (the
     caption, or the VQA question), answer_ids / answer_mask (B, La) (VQA; needed by a VQA model).
     Returns a dict: image_embeds, multimodal, text_embeds, image_feat, text_feat, itm_logits, temp,
-    logits, answer_logits, as the task has them."""
+    logits, answer_logits, as the task has them. NLVR2: images (B, 2, S, S, 3) -> image_embeds, nlvr_logits."""
     comps = self.config.components
+    if "cls_head" in comps:
+      b = images.shape[0]
+      img = self.encode_image(images.reshape((2 * b,) + images.shape[2:]), train)
+      pair = img.reshape((b, 2) + img.shape[1:])
+      return {"image_embeds": img, "nlvr_logits": self.nlvr_logits(ids, mask, pair[:, 0], pair[:, 1], train)}
     img = self.encode_image(images, train)
     out = {"image_embeds": img}
     if "text_encoder_sa" in comps:
@@ -186,7 +202,7 @@ def param_shapes(config: BlipConfig):
 
 def _dummy_inputs(config: BlipConfig, batch: int, text_len: int):
   s = config.vision.image_size
-  images = jnp.zeros((batch, s, s, 3), jnp.float32)
+  images = jnp.zeros((batch, 2, s, s, 3) if "cls_head" in config.components else (batch, s, s, 3), jnp.float32)
   ids = jnp.full((batch, text_len), config.text.cls_token_id, jnp.int32)
   mask = jnp.ones((batch, text_len), jnp.int32)
   if "answer_decoder" in config.components:

@@ -21,6 +21,9 @@ TASKS: dict[str, frozenset[str]] = {
   # VQA: image-grounded question encoder (`text`) and a separate answer decoder that cross-attends to
   # the question encoder's states (its cross-attention K/V width is the text width).
   "vqa": frozenset({"vision", "text_encoder_sa", "answer_decoder"}),
+  # NLVR2: the image-grounded encoder with two cross-attention branches (one per image) and an MLP
+  # head on [ENC]; its text config has num_cross_branches=2.
+  "nlvr": frozenset({"vision", "text_encoder_sa", "cls_head"}),
 }
 
 # Special token ids of bert-base-uncased + BLIP's two added tokens (reference section 3).
@@ -104,6 +107,11 @@ class BlipConfig:
       raise ValueError(f"config.vision.width={v.width} is not divisible by num_heads={v.num_heads}")
     if t.hidden_size % t.num_heads:
       raise ValueError(f"config.text.hidden_size={t.hidden_size} is not divisible by num_heads={t.num_heads}")
+    if (self.task == "nlvr") != (t.num_cross_branches == 2):
+      raise ValueError(
+        f"config.text.num_cross_branches={t.num_cross_branches}: task 'nlvr' needs 2 (one per image), "
+        "every other task 1"
+      )
     if not 0 <= self.vision_remat_blocks <= v.depth:
       raise ValueError(f"config.vision_remat_blocks={self.vision_remat_blocks}: must be in [0, {v.depth}]")
     for name in ("vision_remat", "text_remat"):
@@ -165,6 +173,8 @@ def tiny(
       num_heads=4,
       intermediate_size=2 * text_width,
       max_position_embeddings=64,
+      num_cross_branches=2 if task == "nlvr" else 1,
+      cross_merge_from_layer=1,  # tiny NLVR2: layer 0 averages, layer 1 merges (both paths exercised)
     ),
     embed_dim=16,
   )

@@ -5,6 +5,8 @@ task only through `get(name)`.
   pretrain   ITC + ITM + LM with momentum distillation and queues (reference s.5)
   retrieval  ITC (multi-positive by image id) + ITM (id-masked hard negatives) (reference s.7)
   caption    LM with the prompt masked, label smoothing 0.1 (reference s.7)
+  vqa        answer-decoder LM weighted by answer frequency (reference s.7)
+  nlvr       two-image classification with two cross-attention branches (reference s.7)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ _MODULES = {
   "pretrain": "blip_jax.tasks.pretrain",
   "retrieval": "blip_jax.tasks.retrieval",
   "caption": "blip_jax.tasks.caption",
+  "vqa": "blip_jax.tasks.vqa",
+  "nlvr": "blip_jax.tasks.nlvr",
 }
 
 

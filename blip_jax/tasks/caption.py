@@ -10,69 +10,25 @@ batch = {"images" (B, S, S, 3), "ids" (B, L) [CLS] prompt caption [SEP], "mask" 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from blip_jax.losses import lm_loss
-from blip_jax.models.blip import Blip, init_params
-from blip_jax.tasks import Task
-
-
-def init_state(exp, rng: jax.Array) -> dict:
-  r_params, r_state = jax.random.split(rng)
-  params = init_params(exp.model, r_params)
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": exp.optimizer.init(params), "rng": r_state}
+from blip_jax.models.blip import Blip
+from blip_jax.tasks import Task, supervised
 
 
 def make_step(exp):
-  """(state, batch) -> (state, metrics). With accum_steps > 1 the batch runs as microbatches one after
-  another (lax.scan) and the gradients are averaged; each microbatch's loss is its own token mean."""
-  model, obj, tx, accum = Blip(exp.model), exp.objective, exp.optimizer, exp.cfg.accum_steps
+  """LM loss of "[DEC] prompt caption" with the prompt positions masked, label smoothing."""
+  obj = exp.objective
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(model, params, batch, rng):
     r_img, r_txt = jax.random.split(rng)
-    img = model.apply(
-      {"params": params}, batch["images"], train=True, method=Blip.encode_image, rngs={"dropout": r_img}
-    )
-    logits = model.apply(
-      {"params": params},
-      batch["ids"],
-      batch["mask"],
-      img,
-      train=True,
-      method=Blip.decode,
-      rngs={"dropout": r_txt},
-    )
-    return lm_loss(logits, batch["ids"], batch["mask"], obj.label_smoothing, obj.prompt_length)
+    apply = lambda method, *a, r: model.apply({"params": params}, *a, train=True, method=method, rngs={"dropout": r})
+    img = apply(Blip.encode_image, batch["images"], r=r_img)
+    logits = apply(Blip.decode, batch["ids"], batch["mask"], img, r=r_txt)
+    loss = lm_loss(logits, batch["ids"], batch["mask"], obj.label_smoothing, obj.prompt_length)
+    return loss, {"loss": loss, "loss_lm": loss}
 
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def step(state, batch):
-    rng, r_next = jax.random.split(state["rng"])
-    params = state["params"]
-    if accum == 1:
-      loss, grads = grad_fn(params, batch, rng)
-    else:
-      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
-
-      def body(acc, xs):
-        mb, i = xs
-        out = grad_fn(params, mb, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, acc, out), None
-
-      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-      (loss, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-      loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {
-      "step": state["step"] + 1,
-      "params": optax.apply_updates(params, updates),
-      "opt_state": opt_state,
-      "rng": r_next,
-    }
-    return new_state, {"loss": loss, "loss_lm": loss, "grad_norm": optax.tree.norm(grads)}
-
-  return step
+  return supervised.make_step(exp, loss_fn)
 
 
 def step_flops(exp) -> float:
@@ -89,7 +45,7 @@ def _evaluator(exp, tokenizer, mesh, out_dir=None):
 
 TASK = Task(
   name="caption",
-  init_state=init_state,
+  init_state=supervised.init_state,
   make_step=make_step,
   losses=lambda model: ("loss", "loss_lm"),
   step_flops=step_flops,

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from blip_jax import tasks
-from blip_jax.models.config import TASKS, BlipConfig, tiny, vit_b16, vit_l16
+from blip_jax.models.config import TASKS, BlipConfig, TextConfig, tiny, vit_b16, vit_l16
 from blip_jax.tasks.pretrain import Objective
 from blip_jax.train.optimizer import finetune_cosine_schedule, make_optimizer, pretrain_schedule
 
@@ -133,7 +133,8 @@ def model_config(cfg, tokenizer=None) -> BlipConfig:
       m.task, image_size=m.image_size, vision_width=m.get("vision_width", 48), text_width=m.get("text_width", 32)
     )
   elif m.vision in VISION:
-    base = BlipConfig(task=m.task, vision=VISION[m.vision](m.image_size))
+    branches = 2 if m.task == "nlvr" else 1  # NLVR2: one cross-attention branch per image (reference s.7)
+    base = BlipConfig(task=m.task, vision=VISION[m.vision](m.image_size), text=TextConfig(num_cross_branches=branches))
   else:
     raise ValueError(f"config.model.vision={m.vision!r}: must be one of {sorted(VISION) + ['tiny']}")
   vision = dataclasses.replace(base.vision, drop_path_rate=m.drop_path_rate)
@@ -199,16 +200,16 @@ def objective(cfg, mesh: tuple[int, int, int], tokenizer=None) -> Objective:
     raise ValueError(f"config.global_batch={b} is not divisible by the {data_shards} data shards of config.mesh={mesh}")
   if accum < 1 or b % accum:
     raise ValueError(f"global batch {b} is not divisible by config.accum_steps={accum}")
-  if cfg.model.task == "caption":  # LM only: no momentum encoder, queues or negatives
+  if cfg.get("prompt") and cfg.model.task != "caption":
+    raise ValueError(f"config.prompt={cfg.prompt!r} is for task 'caption' (this run is {cfg.model.task!r})")
+  if "momentum" not in TASKS[cfg.model.task]:  # caption, vqa, nlvr: no momentum encoder, queues or negatives
     length = prompt_length(cfg, tokenizer)
-    if length >= cfg.text_length - 1:
+    if length and length >= cfg.text_length - 1:
       raise ValueError(
         f"config.prompt={cfg.prompt!r} takes {length} of the config.text_length={cfg.text_length} positions: "
         "no room for the caption"
       )
-    return Objective(queue_size=0, label_smoothing=o.label_smoothing, prompt_length=length)
-  if cfg.get("prompt"):
-    raise ValueError(f"config.prompt={cfg.prompt!r} is for task 'caption' (this run is {cfg.model.task!r})")
+    return Objective(queue_size=0, label_smoothing=o.get("label_smoothing", 0.1), prompt_length=length)
   obj = Objective(
     queue_size=o.queue_size,
     momentum=o.momentum,

@@ -55,10 +55,10 @@ def tokenizer(cfg, workdir: str, write: bool = True) -> Tokenizer:
   raise ValueError(f"config.data.tokenizer.type={kind!r}: must be 'wordpiece', 'sentencepiece' or 'synthetic'")
 
 
-def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool) -> Preprocess:
+def preprocess(cfg, tok: Tokenizer, image_size: int, train: bool, fmt: str | None = None) -> Preprocess:
   d = cfg.data
   return Preprocess(
-    TASK_FORMAT[cfg.model.task] if train else "eval",
+    fmt or TASK_FORMAT[cfg.model.task],
     tok,
     image_size,
     text_length=cfg.text_length,
@@ -104,9 +104,10 @@ def train_loader(cfg, tok: Tokenizer, image_size: int, process_index: int, proce
   )
 
 
-def eval_loader(cfg, tok: Tokenizer, image_size: int) -> Loader:
-  """Held-out images with their captions, in order, once, eval transform (every process reads all)."""
-  sources, _ = _sources(cfg, cfg.eval.sources, "config.eval.sources", "eval")
+def eval_loader(cfg, tok: Tokenizer, image_size: int, fmt: str = "eval") -> Loader:
+  """Held-out examples in order, once, eval transform (every process reads all): images with all their
+  captions (fmt "eval"), or the records of another format (vqa, nlvr)."""
+  sources, _ = _sources(cfg, cfg.eval.sources, "config.eval.sources", fmt)
   lc = LoaderConfig(
     batch_size=cfg.eval.batch,
     shuffle=False,
@@ -115,4 +116,4 @@ def eval_loader(cfg, tok: Tokenizer, image_size: int) -> Loader:
     threads=cfg.data.threads,
     max_skip_fraction=cfg.data.max_skip_fraction,
   )
-  return Loader(sources, None, preprocess(cfg, tok, image_size, False), lc)
+  return Loader(sources, None, preprocess(cfg, tok, image_size, False, fmt), lc)

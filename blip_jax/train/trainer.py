@@ -58,6 +58,10 @@ def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -
     # the run's own tokenizer decides the vocabulary: one stored beside the checkpoint is not read
     ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size, with_tokenizer=False)
     params, notes = ckpt.params, list(ckpt.notes)
+    if ckpt.fresh:  # parts this checkpoint leaves to initialisation by design (NLVR2's merge layers, head)
+      initial = jax.tree.map(np.asarray, init_params(model, jax.random.key(exp.cfg.seed)))
+      params, filled = interop.fill_fresh(params, initial, ckpt.fresh)
+      notes.append(f"initialised fresh: {len(filled)} tensors ({', '.join(filled[:3])}, ...)")
   params = interop.select_params(state["params"], params, path, f"config.model (task {model.task})")
   state = dict(state, params=jax.device_put(params, shardings["params"]))
   if "momentum" in state:  # the momentum encoder starts as a copy, as the official fine-tuning does
