@@ -70,12 +70,13 @@ def describe(objects: tuple[Obj, ...], rng: np.random.Generator) -> str:
   return f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
 
 
-def render(objects: tuple[Obj, ...], size: int = 96) -> Image.Image:
+def render(objects: tuple[Obj, ...], size: int = 96, shift: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+  """The scene; `shift` moves every object by (dx, dy) in units of a cell (video frames)."""
   img = Image.new("RGB", (size, size), BACKGROUND)
   draw = ImageDraw.Draw(img)
   cell = size / 3
   for o in objects:
-    x0, y0 = o.col * cell + cell * 0.15, o.row * cell + cell * 0.15
+    x0, y0 = (o.col + shift[0]) * cell + cell * 0.15, (o.row + shift[1]) * cell + cell * 0.15
     x1, y1 = x0 + cell * 0.7, y0 + cell * 0.7
     fill = COLORS[o.color]
     if o.shape == "circle":
@@ -133,6 +134,14 @@ class SyntheticWorld:
     ex = self.example(i)
     rng = np.random.default_rng([self.seed, 5, i])
     return [ex.true_caption] + [describe(ex.objects, rng) for _ in range(n - 1)]
+
+  def video(self, i: int, frames: int = 8) -> list[Image.Image]:
+    """Scene i as a short clip: the objects drift together by up to a tenth of a cell (small motion
+    that never changes what the caption says)."""
+    rng = np.random.default_rng([self.seed, 7, i])
+    direction = rng.uniform(-1.0, 1.0, 2)
+    objects = self.example(i).objects
+    return [render(objects, self.image_size, tuple(0.1 * direction * t / max(frames - 1, 1))) for t in range(frames)]
 
   # ---- VQA and NLVR2 from the same scenes ------------------------------------------------------
   def vqa(self, i: int) -> list[tuple[str, str]]:

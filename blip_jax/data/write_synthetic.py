@@ -11,6 +11,8 @@ DIR/images/NNNNNN.jpg and, in DIR/annotations/:
   karpathy_test.json   [{image, caption: [5 captions]}]      Karpathy-split formats, string ids)
   vqa_train.json       [{image, question, answer: [...], dataset: "synthetic"}]
   nlvr_train.json      [{images: [a, b], sentence, label}]
+With --videos N, DIR/videos/NNNNNN.mp4 holds N clips of held-out scenes with small motion and
+annotations/msrvtt_test.jsonl their captions ({clip_name, caption}, the official MSRVTT format).
 Image paths are relative to DIR. Unless --no-tfds, pretrain.json is also written as the array_record
 TFDS dataset DIR/tfds/blip_captions/1.0.0 (read it with TfdsSource(directory=...)).
 """
@@ -61,6 +63,22 @@ def write(out: str, num: int, num_eval: int, noise: float, seed: int, image_size
   return {name: len(records) for name, records in ann.items()}
 
 
+def write_videos(out: str, num: int, offset: int, seed: int = 0, image_size: int = 96, frames: int = 8) -> str:
+  """Clips of scenes [offset, offset + num) as MPEG-4 files in out/videos and their captions in
+  out/annotations/msrvtt_test.jsonl. Returns the annotation path."""
+  from blip_jax.data.video import write_video
+
+  world = SyntheticWorld(offset + num, seed=seed, image_size=image_size)
+  os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+  os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+  path = os.path.join(out, "annotations", "msrvtt_test.jsonl")
+  with open(path, "w") as f:
+    for i in range(offset, offset + num):
+      write_video(world.video(i, frames), os.path.join(out, "videos", f"{i:06d}.mp4"))
+      f.write(json.dumps({"clip_name": f"{i:06d}", "caption": world.example(i).true_caption}) + "\n")
+  return path
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m blip_jax.data.write_synthetic", description=__doc__.split("\n\n")[0])
   p.add_argument("--out", required=True)
@@ -70,8 +88,12 @@ def main(argv=None) -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--image-size", type=int, default=96)
   p.add_argument("--no-tfds", action="store_true", help="skip writing the TFDS array_record copy")
+  p.add_argument("--videos", type=int, default=0, help="also write this many held-out clips (MSRVTT format)")
   a = p.parse_args(argv)
   counts = write(a.out, a.num, a.eval, a.noise, a.seed, a.image_size)
+  if a.videos:
+    write_videos(a.out, a.videos, a.num, a.seed, a.image_size)
+    print(f"wrote {a.videos} clips to {a.out}/videos")
   print(f"wrote {a.num + a.eval} images to {a.out}/images; " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
   if not a.no_tfds:
     from blip_jax.data.tfds_source import build_from_json

@@ -31,7 +31,7 @@ def evaluate(cfg, checkpoint: str, out_dir: str | None = None) -> dict:
   DataError naming what is wrong."""
   import tempfile
 
-  from blip_jax import interop
+  from blip_jax import interop, tasks
   from blip_jax.models.blip import param_shapes
   from blip_jax.train import build, inputs
   from blip_jax.train import sharding as S
@@ -50,7 +50,7 @@ def evaluate(cfg, checkpoint: str, out_dir: str | None = None) -> dict:
   shardings = S.state_shardings(exp.model, exp.optimizer, mesh, exp.rules, template=template)
   with jax.set_mesh(mesh), nn.logical_axis_rules(exp.rules):
     params = jax.device_put(params, shardings["params"])
-    evaluator = exp.task.make_evaluator(exp, tok, mesh, out_dir)
+    evaluator = tasks.make_evaluator(exp, tok, mesh, out_dir)
     for note in evaluator.notes:
       print(note, flush=True)
     metrics, _ = evaluator.evaluate(params, None)

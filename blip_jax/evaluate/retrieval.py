@@ -80,7 +80,10 @@ class Retrieval:
   # ---- passes -----------------------------------------------------------------------------------------
   def features(self, params) -> tuple[jax.Array, np.ndarray, np.ndarray]:
     """(gallery image tokens (I', 1+N, Dv) on the devices, image features (I, E), text features (T, E))."""
-    n_img, n_txt = len(self.data), len(self.ids)
+    return (*self.image_features(params), self.text_features(params))
+
+  def image_features(self, params) -> tuple[jax.Array, np.ndarray]:
+    n_img = len(self.data)
     embeds, image_feat = [], []
     for start in range(0, n_img, self.batch):
       part = _pad(self.data.images[start : start + self.batch], self.batch)
@@ -88,11 +91,15 @@ class Retrieval:
       embeds.append(e)
       image_feat.append(np.asarray(jax.device_get(f)))
     gallery = jax.jit(lambda *xs: jnp.concatenate(xs), out_shardings=self._sharded)(*embeds)
+    return gallery, np.concatenate(image_feat)[:n_img]
+
+  def text_features(self, params) -> np.ndarray:
+    n_txt = len(self.ids)
     text_feat = []
     for start in range(0, n_txt, self.batch):
       ids, mask = (_pad(a[start : start + self.batch], self.batch) for a in (self.ids, self.mask))
       text_feat.append(np.asarray(jax.device_get(self._text_fn(params, ids, mask))))
-    return gallery, np.concatenate(image_feat)[:n_img], np.concatenate(text_feat)[:n_txt]
+    return np.concatenate(text_feat)[:n_txt]
 
   def itm_scorer(self, params, gallery):
     """itm(image_rows (n,), text_cols (n,)) -> (n,) match logits, in fixed-size sharded passes."""
@@ -117,7 +124,10 @@ class Retrieval:
 
   def evaluate(self, params, step: int | None = None) -> tuple[dict, list]:
     """TR/IR@1/5/10, r_mean (ITM re-ranked) and the same of the cosine alone (`itc_`)."""
-    gallery, image_feat, text_feat = self.features(params)
+    return self.score(params, *self.features(params))
+
+  def score(self, params, gallery, image_feat: np.ndarray, text_feat: np.ndarray) -> tuple[dict, list]:
+    """The metrics of `evaluate` from the gallery's tokens and both sides' features."""
     sim = image_feat @ text_feat.T
     score_i2t, score_t2i = rerank_scores(sim, self.k, self.itm_scorer(params, gallery))
     metrics = retrieval_metrics(score_i2t, score_t2i, self.txt2img, self.img2txt)

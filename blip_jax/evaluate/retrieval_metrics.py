@@ -58,6 +58,7 @@ def retrieval_metrics(
   out = {"txt_r1": tr[0], "txt_r5": tr[1], "txt_r10": tr[2], "img_r1": ir[0], "img_r5": ir[1], "img_r10": ir[2]}
   out["txt_r_mean"], out["img_r_mean"] = float(np.mean(tr)), float(np.mean(ir))
   out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+  out["img_mdR"] = float(np.median(ranks_t + 1))  # median rank of the right image (the video metric's mdR)
   return out
 
 

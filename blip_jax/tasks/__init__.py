@@ -57,3 +57,21 @@ def get(name: str) -> Task:
   if name not in _MODULES:
     raise ValueError(f"config.model.task={name!r}: the trainer runs {names()}")
   return importlib.import_module(_MODULES[name]).TASK
+
+
+# Evaluators a config may pick instead of its task's own (config.eval.evaluator), with the tasks whose
+# models they need.
+_EVALUATORS = {"video_retrieval": ("blip_jax.evaluate.video_retrieval", "VideoRetrieval", ("retrieval", "pretrain"))}
+
+
+def make_evaluator(exp, tokenizer, mesh, out_dir: str | None = None):
+  """config.eval.evaluator ("" = the task's own, e.g. "video_retrieval") built for `exp`."""
+  name = exp.cfg.eval.get("evaluator", "")
+  if not name:
+    return exp.task.make_evaluator(exp, tokenizer, mesh, out_dir)
+  if name not in _EVALUATORS:
+    raise ValueError(f"config.eval.evaluator={name!r}: must be '' (the task's) or one of {sorted(_EVALUATORS)}")
+  module, cls, task_names = _EVALUATORS[name]
+  if exp.task.name not in task_names:
+    raise ValueError(f"config.eval.evaluator={name!r} needs a model of task {task_names}, not {exp.task.name!r}")
+  return getattr(importlib.import_module(module), cls)(exp, tokenizer, mesh)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blip_jax import interop
+from blip_jax import interop, tasks
 from blip_jax.data.loader import to_global_arrays
 from blip_jax.models.blip import init_params
 from blip_jax.models.momentum import momentum_view
@@ -124,7 +124,7 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
       raise ValueError(f"task {exp.task.name!r} needs {missing} in every batch; config.data.sources do not give them")
     compiled, report = compile_train_step(exp, mesh, specs, shardings, batch_layout(exp, bsh, example))
     writer.text(f"compiled the step in {report['compile_s']:.1f}s\n{format_report(report)}")
-    evaluator = exp.task.make_evaluator(exp, tok, mesh, os.path.join(workdir, "eval"))
+    evaluator = tasks.make_evaluator(exp, tok, mesh, os.path.join(workdir, "eval"))
     for note in evaluator.notes:
       writer.text(note)
     best = BestModel(workdir, exp.task.best_metric, log=writer.text)
