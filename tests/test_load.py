@@ -99,8 +99,21 @@ def test_pretrain_narrows_to_every_subtask(pretrain_pth):
     assert jax.tree.structure(want) == jax.tree.structure(ckpt.params)
     np.testing.assert_array_equal(ckpt.params["visual_encoder"]["cls_token"], params["visual_encoder"]["cls_token"])
   assert interop.load(path, task="retrieval").momentum_params is not None
-  with pytest.raises(interop.CheckpointError, match="does not fit a 'vqa' model"):
-    interop.load(path, task="vqa")
+  # VQA as the official loader: question encoder = the encoder, answer decoder = the decoder
+  vqa = interop.load(path, task="vqa")
+  assert jax.tree.structure(param_shapes(vqa.config)) == jax.tree.structure(vqa.params) and not vqa.fresh
+  decoder = params["text"]["layer_0"]["decoder_attention"]["self"]["query"]["kernel"]
+  np.testing.assert_array_equal(
+    vqa.params["answer_decoder"]["layer_0"]["decoder_attention"]["self"]["query"]["kernel"], decoder
+  )
+  assert interop.load(path, task="nlvr").fresh  # merge layers and head start fresh (tests/test_vqa_nlvr.py)
+
+
+def test_a_model_without_the_parts_does_not_narrow(pretrain_pth, tmp_path):
+  caption = interop.load(pretrain_pth[0], task="caption")
+  interop.save(caption, str(tmp_path / "cap"), "blip_jax")
+  with pytest.raises(interop.CheckpointError, match="does not fit a 'vqa' model|does not fit a 'itm' model"):
+    interop.load(str(tmp_path / "cap"), task="vqa")
 
 
 def test_errors_not_exits(tmp_path):

@@ -10,7 +10,12 @@ max_length with score sum_logprob / generated_length ** length_penalty, and stop
 beam can beat the finished ones (HF's early_stopping=False heuristic).
 
 All functions take image tokens (B, Lk, Dv) and return (ids (B, max_length) int32, lengths (B,)):
-positions past a sequence's end hold `fill` ([PAD] for greedy/sampling, as HF).
+positions past a sequence's end hold `fill` ([PAD] for greedy/sampling, as HF). With
+`with_scores=True` a third output gives each sequence's score: for beam search HF's
+`sequences_scores` (sum of log-probabilities / generated length ** length_penalty), where
+`num_return` > 1 returns the n best hypotheses per image (rows grouped by image); for greedy and
+sampling the log-probability of the generated tokens under the model (its softmax, before the
+penalty and the nucleus filter).
 """
 
 from __future__ import annotations
@@ -55,12 +60,20 @@ def _min_length(scores, cur_len, min_length: int, eos: int):
 
 
 def greedy(
-  params, cfg: TextConfig, image_embeds, prompt=(), *, max_length=20, min_length=0, repetition_penalty: float = 1.0
+  params,
+  cfg: TextConfig,
+  image_embeds,
+  prompt=(),
+  *,
+  max_length=20,
+  min_length=0,
+  repetition_penalty: float = 1.0,
+  with_scores: bool = False,
 ):
   """Greedy decoding. See module docstring for the conventions."""
-  return _sample_loop(
-    params, cfg, image_embeds, jnp.asarray(prompt, jnp.int32), None, max_length, min_length, repetition_penalty, None
-  )
+  prompt = jnp.asarray(prompt, jnp.int32)
+  out = _sample_loop(params, cfg, image_embeds, prompt, None, max_length, min_length, repetition_penalty, None)
+  return out if with_scores else out[:2]
 
 
 def sample(
@@ -77,10 +90,11 @@ def sample(
   top_k=50,
   temperature=1.0,
   repetition_penalty: float = 1.0,
+  with_scores: bool = False,
 ):
   """Nucleus sampling: num_samples captions per image -> (B * num_samples, max_length) rows grouped by
   image. The kept set is the smallest top-probability set with mass >= top_p, within the top_k."""
-  return _sample_loop(
+  out = _sample_loop(
     params,
     cfg,
     image_embeds,
@@ -92,6 +106,7 @@ def sample(
     (top_p, top_k, temperature),
     group=num_samples,
   )
+  return out if with_scores else out[:2]
 
 
 def nucleus_filter(logits, top_p: float, top_k: int, temperature: float):
@@ -131,6 +146,7 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
     logits, cache = decoder.step(
       tp, cfg, jax.lax.dynamic_index_in_dim(s["seq"], cur - 1, 1, False), cur - 1, s["cache"], cross
     )
+    model_logp = jax.nn.log_softmax(logits, -1)
     logits = apply_repetition_penalty(logits, s["seq"], cur, penalty)
     logits = _min_length(logits, cur, min_length, eos)
     if nucleus is None:
@@ -141,7 +157,10 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
     nxt = jnp.where(s["done"], cfg.pad_token_id, nxt)
     seq = jax.lax.dynamic_update_index_in_dim(s["seq"], nxt, cur, 1)
     lengths = jnp.where(s["done"], s["lengths"], cur + 1)
-    return {"seq": seq, "cache": cache, "len": cur + 1, "done": s["done"] | (nxt == eos), "lengths": lengths}
+    step_logp = jnp.take_along_axis(model_logp, nxt[:, None], -1)[:, 0]
+    logp = s["logp"] + jnp.where(s["done"], 0.0, step_logp)
+    done = s["done"] | (nxt == eos)
+    return {"seq": seq, "cache": cache, "len": cur + 1, "done": done, "lengths": lengths, "logp": logp}
 
   s = jax.lax.while_loop(
     cond,
@@ -152,9 +171,10 @@ def _sample_loop(params, cfg, image_embeds, prompt, rng, max_length, min_length,
       "len": jnp.int32(p_len),
       "done": jnp.zeros((n,), bool),
       "lengths": jnp.full((n,), p_len, jnp.int32),
+      "logp": jnp.zeros((n,), jnp.float32),
     },
   )
-  return s["seq"], s["lengths"]
+  return s["seq"], s["lengths"], s["logp"]
 
 
 def beam_search(
@@ -168,8 +188,11 @@ def beam_search(
   min_length=0,
   length_penalty=1.0,
   repetition_penalty: float = 1.0,
+  num_return: int = 1,
+  with_scores: bool = False,
 ):
-  """Beam search (HF semantics, early_stopping=False). Returns the best hypothesis per image."""
+  """Beam search (HF semantics, early_stopping=False). Returns the best `num_return` (<= num_beams)
+  hypotheses per image, rows grouped by image, and with_scores their sequences_scores."""
   tp = params["text"]
   b, k = image_embeds.shape[0], num_beams
   prompt = jnp.asarray(prompt, jnp.int32)
@@ -251,8 +274,12 @@ def beam_search(
     "len": jnp.int32(p_len),
     "go": jnp.bool_(True),
   }
+  if not 1 <= num_return <= k:
+    raise ValueError(f"num_return={num_return}: must be in [1, num_beams={k}]")
   s = jax.lax.while_loop(cond, body, init)
-  return s["seqs"][:, 0], s["lengths"][:, 0]
+  n = num_return  # finished hypotheses are kept sorted by score, best first
+  out = (s["seqs"][:, :n].reshape(b * n, max_length), s["lengths"][:, :n].reshape(-1), s["scores"][:, :n].reshape(-1))
+  return out if with_scores else out[:2]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "method", "options"))

@@ -71,12 +71,16 @@ class Blip(nn.Module):
     """Unimodal text encoder ([CLS] first, as given): (B, L) -> (B, L, D)."""
     return self.text(ids, mask, mode="text", train=train)
 
-  def encode_multimodal(self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None):
-    """Image-grounded text encoder: first token forced to [ENC]. -> (B, L, D).
+  def encode_multimodal(
+    self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None, first_token=None
+  ):
+    """Image-grounded text encoder: first token forced to [ENC] (or `first_token`). -> (B, L, D).
 
     image_index (B,), optional: text b attends to image image_index[b] of image_embeds (Bi, 1+N, Dv).
+    first_token: the id at position 0, default [ENC] (BLIP training and retrieval); the official
+    blip_itm demo model and transformers' BlipForImageTextRetrieval keep [CLS].
     """
-    ids = with_first_token(ids, self.config.text.enc_token_id)
+    ids = with_first_token(ids, self.config.text.enc_token_id if first_token is None else first_token)
     return self.text(
       ids,
       mask,
@@ -110,11 +114,14 @@ class Blip(nn.Module):
     """(B, L, D) unimodal states -> (B, E) L2-normalised ITC text feature (from [CLS])."""
     return l2_normalize(self.text_proj(text_embeds[:, 0]))
 
-  def itm_logits(self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None):
+  def itm_logits(
+    self, ids, mask, image_embeds, image_mask=None, train: bool = False, image_index=None, first_token=None
+  ):
     """(B, L) text and (B, 1+N, Dv) image tokens -> (B, 2) logits [no match, match].
 
-    With image_index (B,), text b is paired with image image_index[b] (see encode_multimodal)."""
-    h = self.encode_multimodal(ids, mask, image_embeds, image_mask, train=train, image_index=image_index)
+    With image_index (B,), text b is paired with image image_index[b]; first_token: see
+    encode_multimodal."""
+    h = self.encode_multimodal(ids, mask, image_embeds, image_mask, train, image_index, first_token)
     return self.itm_head(h[:, 0]).astype(jnp.float32)
 
   def clamped_temp(self) -> jax.Array:
