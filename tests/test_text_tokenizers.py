@@ -90,6 +90,11 @@ def test_wordpiece_ids_equal_bert_tokenizer_fast(vocab_file):
   # "longest" padding (captioning)
   ids, mask = ours.encode(["cat", "the cat sat"], 40, pad_to_max=False)
   assert ids.shape == (2, 5) and mask.sum() == 3 + 5
+  # decoding drops every special token, as the official decode(skip_special_tokens=True): a generated
+  # caption ends in [SEP] and may be padded
+  ids, _ = ours.encode(["the cat sat"], 8)
+  row = [ours.special.dec] + list(ids[0, 1:])
+  assert ours.decode(row) == ref.decode(row, skip_special_tokens=True) == "the cat sat"
 
 
 def test_wordpiece_special_ids_for_a_bert_sized_vocab(tmp_path):

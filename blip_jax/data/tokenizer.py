@@ -94,7 +94,11 @@ class WordPieceTokenizer(Tokenizer):
     return self._tok.encode(text, add_special_tokens=False).ids
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._tok.decode(list(ids), skip_special_tokens=True)
+    # [CLS] / [SEP] / [PAD] / [MASK] are plain vocab entries to the `tokenizers` model, which would
+    # print them: drop every special id explicitly (what transformers' skip_special_tokens does)
+    sp = self.special
+    specials = {sp.pad, sp.cls, sp.sep, sp.mask, sp.dec, sp.enc}
+    return self._tok.decode([i for i in ids if i not in specials], skip_special_tokens=True)
 
 
 class SentencePieceTokenizer(Tokenizer):
