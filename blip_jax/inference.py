@@ -145,8 +145,12 @@ class BlipModel:
 
   def image_features(self, images) -> np.ndarray:
     """(N, E) projected, L2-normalised ITC image features."""
+    return self.pixel_features(self.preprocess(images))
+
+  def pixel_features(self, pixels: np.ndarray) -> np.ndarray:
+    """image_features of already preprocessed images (N, S, S, 3)."""
     self._need("proj", "ITC projections (image/text features)")
-    return self._batched(self._image_fn, self.preprocess(images)).astype(np.float32)
+    return self._batched(self._image_fn, pixels).astype(np.float32)
 
   def text_features(self, texts) -> np.ndarray:
     """(T, E) projected, L2-normalised ITC text features."""
