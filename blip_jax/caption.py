@@ -3,7 +3,7 @@ image-grounded decoder: caption or pretrain).
 
   python -m blip_jax.caption --checkpoint PATH [--tokenizer vocab.txt|tokenizer.model] IMAGE...
       [--beams 3 --max-length 20 --min-length 5 | --sample --top-p 0.9 --num-samples 3]
-      [--prompt "a picture of "] [--repetition-penalty 1.0]
+      [--prompt "a picture of "] [--repetition-penalty 1.0] [--num-captions N --scores] [--dtype bfloat16]
 
 Prints one line per caption: `IMAGE<TAB>caption`. The tokenizer is found next to the checkpoint
 (vocab.txt or tokenizer.model, also one directory up, where the trainer writes it) unless given.
@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from blip_jax import interop
-from blip_jax.data.sources import BadExample, load_image
-from blip_jax.data.transforms import eval_transform
+from blip_jax.data.sources import BadExample
 
 
 def _positive(text: str) -> int:
@@ -38,6 +35,7 @@ def main(argv=None) -> int:
   p.add_argument("--tokenizer")
   p.add_argument("--prompt", default="a picture of ")
   p.add_argument("--beams", type=_positive, default=3, help="1: greedy")
+  p.add_argument("--num-captions", type=_positive, default=1, help="beam search: the n best (<= --beams)")
   p.add_argument("--max-length", type=_positive, default=20, help="counts [DEC] and the prompt (official)")
   p.add_argument("--min-length", type=int, default=5)
   p.add_argument("--repetition-penalty", type=float, default=1.0)
@@ -48,71 +46,48 @@ def main(argv=None) -> int:
   p.add_argument("--num-samples", type=_positive, default=1)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch", type=_positive, default=16)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--scores", action="store_true", help="a third column: sequences_score / sample log-probability")
   a = p.parse_args(argv)
-  from blip_jax.generate.search import generate
-  from blip_jax.models import Blip
+  import blip_jax
 
   try:
-    ckpt = interop.load(a.checkpoint, task="caption", tokenizer=a.tokenizer, need_tokenizer=True)
+    model = blip_jax.load(a.checkpoint, "caption", a.dtype, tokenizer=a.tokenizer, batch_size=a.batch)
   except (interop.CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  config, params, tok = ckpt.config, ckpt.params, ckpt.tokenizer
-  prompt = jnp.asarray(tok.tokenize_ids(a.prompt), jnp.int32) if a.prompt else jnp.zeros((0,), jnp.int32)
-  if 1 + len(prompt) >= a.max_length:
-    print(
-      f"error: --max-length {a.max_length} leaves no room after [DEC] + the {len(prompt)} prompt tokens "
-      f"of {a.prompt!r}",
-      file=sys.stderr,
-    )
-    return 2
-  if a.sample:
-    method = "sample"
-    opts = dict(
-      max_length=a.max_length,
-      min_length=a.min_length,
-      top_p=a.top_p,
-      top_k=a.top_k,
-      temperature=a.temperature,
-      num_samples=a.num_samples,
-      repetition_penalty=a.repetition_penalty,
-    )
-  else:
-    method = "beam" if a.beams > 1 else "greedy"
-    opts = dict(max_length=a.max_length, min_length=a.min_length, repetition_penalty=a.repetition_penalty)
-    if a.beams > 1:
-      opts["num_beams"] = a.beams
-  encode = jax.jit(lambda prm, x: Blip(config).apply({"params": prm}, x, method=Blip.encode_image))
-  size, status = config.vision.image_size, 0
-  paths, arrays = [], []
-  for path in a.images:
+  status, paths, pixels = 0, [], []
+  for path in a.images:  # an unreadable image is reported; the others are still captioned
     try:
-      arrays.append(eval_transform(load_image(path), size))
+      pixels.append(model.preprocess([path])[0])
       paths.append(path)
     except BadExample as e:
       print(f"error: {e}", file=sys.stderr)
       status = 1
-  rng = jax.random.key(a.seed)
-  for start in range(0, len(arrays), a.batch):
-    chunk = np.stack(arrays[start : start + a.batch])
-    n = len(chunk)
-    if n < a.batch and len(arrays) > a.batch:  # keep one compiled shape
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], a.batch - n, 0)])
-    img = encode(params, jnp.asarray(chunk))
-    ids, lengths = generate(
-      params,
-      config.text,
-      img,
-      prompt,
-      jax.random.fold_in(rng, start),
-      method=method,
-      options=tuple(sorted(opts.items())),
-    )
-    ids, lengths = np.asarray(ids), np.asarray(lengths)
-    per = a.num_samples if a.sample else 1
-    for r in range(n * per):
-      text = tok.decode(ids[r, 1 + len(prompt) : lengths[r]])
-      print(f"{paths[start + r // per]}\t{text.strip()}")
+  if not paths:
+    return status
+  n = a.num_samples if a.sample else a.num_captions
+  kw = dict(
+    num_beams=a.beams,
+    max_length=a.max_length,
+    min_length=a.min_length,
+    prompt=a.prompt,
+    num_captions=n,
+    sample=a.sample,
+    top_p=a.top_p,
+    top_k=a.top_k,
+    temperature=a.temperature,
+    repetition_penalty=a.repetition_penalty,
+    seed=a.seed,
+  )
+  try:
+    results = model.caption_pixels(np.stack(pixels), **kw)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for path, captions in zip(paths, results):
+    for text, score in captions:
+      print(f"{path}\t{text}" + (f"\t{score:.4f}" if a.scores else ""))
   return status
 
 

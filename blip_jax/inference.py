@@ -182,9 +182,15 @@ class BlipModel:
     return np.stack(rows)
 
   # ---- generation -----------------------------------------------------------------------------------
-  def caption(
+  def caption(self, images, **kw) -> list[list[tuple[str, float]]]:
+    """Per image, `num_captions` (caption, score) pairs: beam search's n best with transformers'
+    sequences_scores (num_captions <= num_beams), or nucleus samples with their log-probability.
+    Options: see caption_pixels."""
+    return self.caption_pixels(self.preprocess(images), **kw)
+
+  def caption_pixels(
     self,
-    images,
+    pixels: np.ndarray,
     *,
     num_beams: int = 3,
     max_length: int = 20,
@@ -198,9 +204,8 @@ class BlipModel:
     repetition_penalty: float = 1.0,
     seed: int = 0,
   ) -> list[list[tuple[str, float]]]:
-    """Per image, `num_captions` (caption, score) pairs: beam search's n best with transformers'
-    sequences_scores (num_captions <= num_beams), or nucleus samples with their log-probability.
-    max_length / min_length count [DEC] and the prompt, as the official code."""
+    """`caption` of preprocessed images (N, S, S, 3). max_length / min_length count [DEC] and the
+    prompt, as the official code; repetition_penalty, top_p / top_k / temperature as transformers."""
     from blip_jax.generate.search import generate
 
     self._need("lm_head", "image-grounded decoder (captioning)")
@@ -224,7 +229,7 @@ class BlipModel:
       img = self._apply(params, Blip.encode_image, pixels)
       return generate(params, self.config.text, img, jnp.asarray(prompt_ids), rng, method=method, options=options)
 
-    ids, lengths, scores = self._batched_grouped(jax.jit(fn), self.preprocess(images), num_captions)
+    ids, lengths, scores = self._batched_grouped(jax.jit(fn), pixels, num_captions)
     start = 1 + len(prompt_ids)
     texts = [self.tokenizer.decode(ids[r, start : lengths[r]]).strip() for r in range(len(ids))]
     return [
