@@ -68,8 +68,10 @@ def test_every_json_format_to_batches(world, tok, name, task):
   got = batch["images"] if task == "nlvr" else batch["images"][:, None]
   np.testing.assert_array_equal(got, want_images)
   assert got.dtype == np.float32 and -2.5 < got.min() < 0 < got.max() < 2.5  # normalised, not [0, 255]
-  if task == "eval":
-    assert set(batch) == {"images", "idx"}
+  if task == "eval":  # every reference caption rides along, for the evaluators
+    assert set(batch) == {"images", "idx", "captions", "num_captions", "image_id"}
+    got_caps = [list(c[:k]) for c, k in zip(batch["captions"].tolist(), batch["num_captions"].tolist())]
+    assert got_caps == [r["caption"] for r in recs]
     return
   texts = {
     "pretrain": lambda r: pre_caption(r["caption"], 30),

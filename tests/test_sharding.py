@@ -71,7 +71,15 @@ def _zero_grad_entries(path: str, x: np.ndarray) -> np.ndarray:
   return mask
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2)])
+@pytest.mark.parametrize(
+  "shape",
+  [
+    (8, 1, 1),
+    pytest.param((1, 8, 1), marks=pytest.mark.slow),
+    pytest.param((2, 4, 1), marks=pytest.mark.slow),
+    (2, 2, 2),
+  ],
+)
 def test_mesh_matches_one_device(shape, one_device):
   out = _run(shape)
   for a, b in zip(one_device["losses"], out["losses"]):
