@@ -181,6 +181,34 @@ class BlipModel:
       rows.append(self._batched(self._itm_fn, stacked, ids, mask))
     return np.stack(rows)
 
+  @functools.cached_property
+  def _itm_pairs_fn(self):
+    def fn(params, images, ids, mask, index):  # images (B, ...), texts (B * T, L) of image index[j]
+      img = self._apply(params, Blip.encode_image, images)
+      logits = self._apply(params, Blip.itm_logits, ids, mask, img, image_index=index, first_token=self.itm_token)
+      return jax.nn.softmax(logits.astype(jnp.float32), -1)[:, 1]
+
+    return jax.jit(fn)
+
+  def itm_pairs(self, pixels: np.ndarray, texts: list[list[str]]) -> list[np.ndarray]:
+    """ITM match probability of each preprocessed image (N, S, S, 3) with each of *its own* texts
+    (the same number per image): a list of N arrays. One image pass per image, its cross-attention
+    K/V shared by its texts (what CapFilt's filter needs)."""
+    self._need("itm", "ITM head")
+    per = {len(t) for t in texts}
+    if len(per) != 1 or len(texts) != len(pixels):
+      raise ValueError("itm_pairs needs one list of texts per image, all of the same length")
+    t = per.pop()
+    ids, mask = self.tokenize([x for row in texts for x in row])
+    ids, mask = ids.reshape(len(pixels), t, -1), mask.reshape(len(pixels), t, -1)
+
+    def fn(params, images, ids, mask):
+      b = images.shape[0]
+      index = jnp.repeat(jnp.arange(b), t)
+      return self._itm_pairs_fn(params, images, ids.reshape(b * t, -1), mask.reshape(b * t, -1), index).reshape(b, t)
+
+    return list(self._batched(fn, pixels, ids, mask))
+
   # ---- generation -----------------------------------------------------------------------------------
   def caption(self, images, **kw) -> list[list[tuple[str, float]]]:
     """Per image, `num_captions` (caption, score) pairs: beam search's n best with transformers'

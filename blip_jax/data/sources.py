@@ -248,11 +248,12 @@ def make_source(spec: dict, fmt: str):
     {"type": "tfds", "name": ..., "split": "train", "data_dir": ...} or {"type": "tfds", "directory": ...}
       (optional "mapping": {"image": feature, "caption": feature, "image_id": feature})
     {"type": "synthetic", "num": N, "seed": 0, "noise": 0.0, "image_size": 96, "offset": 0, "captions": 1}
-  Any entry may carry "weight" (mixture proportion; default 1). `fmt`: the record format a json
-  source must hold (a key of RECORD_FORMATS)."""
+  Any entry may carry "weight" (mixture proportion; default 1) and "human" (CapFilt leaves it as it
+  is). `fmt`: the record format a json source must hold (a key of RECORD_FORMATS)."""
   spec = dict(spec)
   kind = spec.pop("type", None)
   spec.pop("weight", None)
+  spec.pop("human", None)  # CapFilt: a human-annotated source passes untouched (blip_jax.capfilt)
   try:
     if kind == "json":
       ann = spec.pop("ann", None)

@@ -14,7 +14,7 @@ from blip_jax.models.blip import Blip
 class Nlvr:
   """The NLVR2 evaluator (see the module docstring)."""
 
-  def __init__(self, exp, tokenizer, mesh, data: dict | None = None):
+  def __init__(self, exp, tokenizer, mesh, out_dir: str | None = None, data: dict | None = None):
     cfg = exp.cfg
     self.data, skipped = (
       (data, 0) if data is not None else load_arrays(cfg, tokenizer, exp.model.vision.image_size, "nlvr")

@@ -30,7 +30,15 @@ from blip_jax.models.blip import Blip
 class Retrieval:
   """The retrieval evaluator (see the module docstring)."""
 
-  def __init__(self, exp, tokenizer, mesh, data: eval_set.EvalSet | None = None, pairs_per_batch: int | None = None):
+  def __init__(
+    self,
+    exp,
+    tokenizer,
+    mesh,
+    out_dir: str | None = None,
+    data: eval_set.EvalSet | None = None,
+    pairs_per_batch: int | None = None,
+  ):
     cfg = exp.cfg
     self.model, self.mesh, self.k = Blip(exp.model), mesh, cfg.eval.get("k_test", 256)
     self.data = data or eval_set.load(cfg, tokenizer, exp.model.vision.image_size)

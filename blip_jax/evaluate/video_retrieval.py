@@ -88,13 +88,21 @@ def load_videos(video: dict, image_size: int, limit: int = 0, threads: int = 4) 
 class VideoRetrieval(Retrieval):
   """The video evaluator (see the module docstring): Retrieval's scoring over clips."""
 
-  def __init__(self, exp, tokenizer, mesh, data: EvalSet | None = None, pairs_per_batch: int | None = None):
+  def __init__(
+    self,
+    exp,
+    tokenizer,
+    mesh,
+    out_dir: str | None = None,
+    data: EvalSet | None = None,
+    pairs_per_batch: int | None = None,
+  ):
     video = dict(exp.cfg.eval.get("video") or {})
     if data is None:
       if not video.get("synthetic") and (not video.get("ann") or not video.get("root")):
         raise ValueError("config.eval.video needs 'ann' (MSRVTT jsonl) and 'root' (the videos' folder)")
       data = load_videos(video, exp.model.vision.image_size, exp.cfg.eval.num)
-    super().__init__(exp, tokenizer, mesh, data=data, pairs_per_batch=pairs_per_batch)
+    super().__init__(exp, tokenizer, mesh, out_dir, data=data, pairs_per_batch=pairs_per_batch)
     self.batch = max(self.batch // data.images.shape[1], 1)  # clips per pass: about eval.batch frames
 
   @functools.cached_property

@@ -42,7 +42,7 @@ def make_eval_fn(config: BlipConfig):
 class ZeroShot:
   """The pretraining evaluator (see the module docstring)."""
 
-  def __init__(self, exp, tokenizer, mesh, data: eval_set.EvalSet | None = None):
+  def __init__(self, exp, tokenizer, mesh, out_dir: str | None = None, data: eval_set.EvalSet | None = None):
     self.data = data or eval_set.load(exp.cfg, tokenizer, exp.model.vision.image_size)
     self.notes = [n for n in [self.data.note(exp.cfg.eval.num)] if n]
     ids, mask = eval_set.tokenize(tokenizer, [c[0] for c in self.data.captions], exp.cfg.text_length)

@@ -32,7 +32,8 @@ class Task:
   make_step(exp) -> step(state, batch) -> (state, metrics): pure, jitted by the caller
   losses(model) -> names of the loss metrics the step reports (checked finite every log boundary)
   step_flops(exp) -> analytic FLOPs of one step (for TFLOP/s and MFU)
-  make_evaluator(exp, tokenizer, mesh) -> evaluator with `evaluate(params) -> (metrics, samples)`
+  evaluator: "module:Class" of its evaluator, built as Class(exp, tokenizer, mesh, out_dir) and called
+    as `evaluate(params, step) -> (metrics, samples)` (imported only when a run evaluates)
   best_metric: the evaluator metric (higher is better) that picks the best checkpoint, or None
   batch_keys: the arrays a training batch must hold (AOT compilation without data builds these)
   """
@@ -42,7 +43,7 @@ class Task:
   make_step: Callable[[Any], Callable]
   losses: Callable[[Any], tuple[str, ...]]
   step_flops: Callable[[Any], float]
-  make_evaluator: Callable[[Any, Any, Any], Any]
+  evaluator: str
   best_metric: str | None
   batch_keys: tuple[str, ...]
 
@@ -61,17 +62,18 @@ def get(name: str) -> Task:
 
 # Evaluators a config may pick instead of its task's own (config.eval.evaluator), with the tasks whose
 # models they need.
-_EVALUATORS = {"video_retrieval": ("blip_jax.evaluate.video_retrieval", "VideoRetrieval", ("retrieval", "pretrain"))}
+_EVALUATORS = {"video_retrieval": ("blip_jax.evaluate.video_retrieval:VideoRetrieval", ("retrieval", "pretrain"))}
 
 
 def make_evaluator(exp, tokenizer, mesh, out_dir: str | None = None):
   """config.eval.evaluator ("" = the task's own, e.g. "video_retrieval") built for `exp`."""
   name = exp.cfg.eval.get("evaluator", "")
-  if not name:
-    return exp.task.make_evaluator(exp, tokenizer, mesh, out_dir)
-  if name not in _EVALUATORS:
-    raise ValueError(f"config.eval.evaluator={name!r}: must be '' (the task's) or one of {sorted(_EVALUATORS)}")
-  module, cls, task_names = _EVALUATORS[name]
-  if exp.task.name not in task_names:
-    raise ValueError(f"config.eval.evaluator={name!r} needs a model of task {task_names}, not {exp.task.name!r}")
-  return getattr(importlib.import_module(module), cls)(exp, tokenizer, mesh)
+  where = exp.task.evaluator
+  if name:
+    if name not in _EVALUATORS:
+      raise ValueError(f"config.eval.evaluator={name!r}: must be '' (the task's) or one of {sorted(_EVALUATORS)}")
+    where, task_names = _EVALUATORS[name]
+    if exp.task.name not in task_names:
+      raise ValueError(f"config.eval.evaluator={name!r} needs a model of task {task_names}, not {exp.task.name!r}")
+  module, cls = where.split(":")
+  return getattr(importlib.import_module(module), cls)(exp, tokenizer, mesh, out_dir)

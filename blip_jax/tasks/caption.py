@@ -37,19 +37,13 @@ def step_flops(exp) -> float:
   return flops.caption_step_flops(exp.model, exp.cfg.global_batch, exp.cfg.text_length)
 
 
-def _evaluator(exp, tokenizer, mesh, out_dir=None):
-  from blip_jax.evaluate.caption import Captioning
-
-  return Captioning(exp, tokenizer, mesh, out_dir)
-
-
 TASK = Task(
   name="caption",
   init_state=supervised.init_state,
   make_step=make_step,
   losses=lambda model: ("loss", "loss_lm"),
   step_flops=step_flops,
-  make_evaluator=_evaluator,
+  evaluator="blip_jax.evaluate.caption:Captioning",
   best_metric="cider_bleu4",  # CIDEr + BLEU-4 on the validation split, as the official selection
   batch_keys=("images", "ids", "mask"),
 )

@@ -37,19 +37,13 @@ def step_flops(exp) -> float:
   return 3 * (flops.vit_forward(exp.model, 2 * b) + text)
 
 
-def _evaluator(exp, tokenizer, mesh, out_dir=None):
-  from blip_jax.evaluate.nlvr import Nlvr
-
-  return Nlvr(exp, tokenizer, mesh)
-
-
 TASK = Task(
   name="nlvr",
   init_state=supervised.init_state,
   make_step=make_step,
   losses=lambda model: ("loss",),
   step_flops=step_flops,
-  make_evaluator=_evaluator,
+  evaluator="blip_jax.evaluate.nlvr:Nlvr",
   best_metric="accuracy",
   batch_keys=("images", "ids", "mask", "label"),
 )

@@ -218,19 +218,13 @@ def step_flops(exp) -> float:
   )
 
 
-def _evaluator(exp, tokenizer, mesh, out_dir=None):
-  from blip_jax.evaluate.zero_shot import ZeroShot
-
-  return ZeroShot(exp, tokenizer, mesh)
-
-
 TASK = Task(
   name="pretrain",
   init_state=lambda exp, rng: init_state(exp.model, exp.objective, exp.optimizer, rng),
   make_step=lambda exp: make_train_step(exp.model, exp.objective, exp.optimizer, exp.cfg.accum_steps),
   losses=losses,
   step_flops=step_flops,
-  make_evaluator=_evaluator,
+  evaluator="blip_jax.evaluate.zero_shot:ZeroShot",
   best_metric=None,  # pretraining keeps the latest checkpoints only (the paper selects nothing)
   batch_keys=("images", "ids", "mask"),
 )

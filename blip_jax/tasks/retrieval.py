@@ -13,20 +13,13 @@ from __future__ import annotations
 
 from blip_jax.tasks import Task, pretrain
 
-
-def _evaluator(exp, tokenizer, mesh, out_dir=None):
-  from blip_jax.evaluate.retrieval import Retrieval
-
-  return Retrieval(exp, tokenizer, mesh)
-
-
 TASK = Task(
   name="retrieval",
   init_state=pretrain.TASK.init_state,
   make_step=pretrain.TASK.make_step,
   losses=pretrain.losses,
   step_flops=pretrain.step_flops,
-  make_evaluator=_evaluator,
+  evaluator="blip_jax.evaluate.retrieval:Retrieval",
   best_metric="r_mean",
   batch_keys=("images", "ids", "mask", "idx"),
 )

@@ -79,19 +79,13 @@ def step_flops(exp) -> float:
   return 3 * (flops.vit_forward(exp.model, b) + question + answers)
 
 
-def _evaluator(exp, tokenizer, mesh, out_dir=None):
-  from blip_jax.evaluate.vqa import Vqa
-
-  return Vqa(exp, tokenizer, mesh, out_dir)
-
-
 TASK = Task(
   name="vqa",
   init_state=supervised.init_state,
   make_step=make_step,
   losses=lambda model: ("loss",),
   step_flops=step_flops,
-  make_evaluator=_evaluator,
+  evaluator="blip_jax.evaluate.vqa:Vqa",
   best_metric="accuracy",
   batch_keys=("images", "ids", "mask", "answer_ids", "answer_mask", "answer_weight"),
 )
