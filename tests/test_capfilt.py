@@ -69,6 +69,7 @@ def test_every_text_scored_human_untouched_and_summary_consistent(job):
   assert 0 <= t["kept_precision"] <= 1 and 0 <= t["noisy_recall"] <= 1
 
 
+@pytest.mark.slow
 def test_killed_job_rerun_equals_an_uninterrupted_one(job, baseline):
   d, _ = job
   p = _capfilt(baseline[0] / "model", d / "config.py", d / "resumed", "--threshold", "0.3", wait=False)

@@ -51,18 +51,16 @@ def test_rank_with_every_answer_equals_brute_force(vqa_setup, devices):
   q = model.apply(
     {"params": params}, jnp.asarray(data["ids"]), jnp.asarray(data["mask"]), img, method=Blip.encode_multimodal
   )
+  answer_logits = jax.jit(
+    lambda ids, mask, states, qmask: model.apply(
+      {"params": params}, ids, mask, states, qmask, method=Blip.answer_logits
+    )
+  )
   for b in range(8):  # every answer's summed label-smoothed (0.1) NLL, in numpy
     losses = []
     for a in range(n):
       ids, mask = cand_ids[a : a + 1], cand_mask[a : a + 1]
-      logits = model.apply(
-        {"params": params},
-        jnp.asarray(ids),
-        jnp.asarray(mask),
-        q[b : b + 1],
-        jnp.asarray(data["mask"][b : b + 1]),
-        method=Blip.answer_logits,
-      )
+      logits = answer_logits(jnp.asarray(ids), jnp.asarray(mask), q[b : b + 1], jnp.asarray(data["mask"][b : b + 1]))
       logp = _np_log_softmax(np.asarray(logits[0, :-1], np.float64))
       t = ids[0, 1:]
       per = 0.9 * -logp[np.arange(len(t)), t] - 0.1 * logp.mean(-1)
