@@ -24,16 +24,17 @@ def load_model(a: argparse.Namespace, **kw):
   return blip_jax.load(a.checkpoint, a.task, a.dtype, tokenizer=a.tokenizer, batch_size=a.batch, **kw)
 
 
-def run(main) -> None:
-  """Console entry: main(argv) -> exit status; anticipated errors become one line and status 1."""
+def run(main, argv=None) -> int:
+  """main(argv) -> exit status, with anticipated errors turned into one line on stderr and status 1
+  (each CLI's entry point raises SystemExit with it)."""
   from blip_jax.data.sources import DataError
   from blip_jax.interop import CheckpointError
 
   try:
-    sys.exit(main(sys.argv[1:]))
+    return main(sys.argv[1:] if argv is None else argv)
   except (ValueError, DataError, CheckpointError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    return 1
 
 
 class Progress:

@@ -159,8 +159,8 @@ def main(argv=None) -> int:
 
 def cli():
   """Console entry point."""
-  run(main)
+  raise SystemExit(run(main))
 
 
 if __name__ == "__main__":
-  run(main)
+  cli()
