@@ -13,6 +13,7 @@ cosine / the model's ITC temperature (or of the ITM match logits' probabilities 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def classify(model, images, labels: list[str], templates: list[str], rerank_k: i
   return probs
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m blip_jax.classify", description=__doc__.split("\n\n")[0])
   p.add_argument("images", nargs="+")
   p.add_argument("--labels", required=True, help="comma-separated class names")
@@ -68,9 +69,14 @@ def main(argv=None) -> int:
   return 0
 
 
+def main(argv=None) -> int:
+  """The CLI: exit status 0, or 1 with one error line for bad input (see blip_jax.cli.run)."""
+  return run(_main, argv)
+
+
 def cli():
   """Console entry point."""
-  raise SystemExit(run(main))
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def _readable(model, paths: list[str], skip_bad: bool):
   return (np.stack(pixels) if pixels else None), good, bad
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m blip_jax.features", description=__doc__.split("\n\n")[0])
   model_arguments(p)
   p.add_argument("--out", required=True)
@@ -157,9 +158,14 @@ def main(argv=None) -> int:
   return 0
 
 
+def main(argv=None) -> int:
+  """The CLI: exit status 0, or 1 with one error line for bad input (see blip_jax.cli.run)."""
+  return run(_main, argv)
+
+
 def cli():
   """Console entry point."""
-  raise SystemExit(run(main))
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -161,25 +161,11 @@ class BlipModel:
     """(I, T) cosine of the ITC features (what retrieval ranks by before ITM)."""
     return self.image_features(images) @ self.text_features(texts).T
 
-  @functools.cached_property
-  def _itm_fn(self):
-    def fn(params, images, ids, mask):  # one image with a batch of texts
-      img = self._apply(params, Blip.encode_image, images[:1])
-      index = jnp.zeros((ids.shape[0],), jnp.int32)
-      logits = self._apply(params, Blip.itm_logits, ids, mask, img, image_index=index, first_token=self.itm_token)
-      return jax.nn.softmax(logits.astype(jnp.float32), -1)[:, 1]
-
-    return jax.jit(fn)
-
   def itm(self, images, texts) -> np.ndarray:
     """(I, T) ITM match probabilities (softmax of the ITM head) of every image with every text."""
-    self._need("itm", "ITM head")
-    pixels, (ids, mask) = self.preprocess(images), self.tokenize(texts)
-    rows = []
-    for image in pixels:
-      stacked = np.repeat(image[None], len(ids), 0)
-      rows.append(self._batched(self._itm_fn, stacked, ids, mask))
-    return np.stack(rows)
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    pixels = self.preprocess(images)
+    return np.stack(self.itm_pairs(pixels, [texts] * len(pixels)))
 
   @functools.cached_property
   def _itm_pairs_fn(self):

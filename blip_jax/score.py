@@ -11,11 +11,12 @@ BlipForImageTextRetrieval) and [ENC] otherwise (BLIP's training and retrieval ev
 from __future__ import annotations
 
 import argparse
+import sys
 
 from blip_jax.cli import load_model, model_arguments, run
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m blip_jax.score", description=__doc__.split("\n\n")[0])
   p.add_argument("image")
   p.add_argument("texts", nargs="+")
@@ -32,9 +33,14 @@ def main(argv=None) -> int:
   return 0
 
 
+def main(argv=None) -> int:
+  """The CLI: exit status 0, or 1 with one error line for bad input (see blip_jax.cli.run)."""
+  return run(_main, argv)
+
+
 def cli():
   """Console entry point."""
-  raise SystemExit(run(main))
+  sys.exit(main())
 
 
 if __name__ == "__main__":

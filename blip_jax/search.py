@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def search(model, feats: np.ndarray, paths: list[str], query: str, top: int, rer
   return [(paths[i], float(p)) for i, p in ranked[:top]]
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m blip_jax.search", description=__doc__.split("\n\n")[0])
   p.add_argument("queries", nargs="+")
   p.add_argument("--index", required=True, help="a directory written by python -m blip_jax.features")
@@ -67,9 +68,14 @@ def main(argv=None) -> int:
   return 0
 
 
+def main(argv=None) -> int:
+  """The CLI: exit status 0, or 1 with one error line for bad input (see blip_jax.cli.run)."""
+  return run(_main, argv)
+
+
 def cli():
   """Console entry point."""
-  raise SystemExit(run(main))
+  sys.exit(main())
 
 
 if __name__ == "__main__":
