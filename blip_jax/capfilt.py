@@ -3,6 +3,8 @@
   python -m blip_jax.capfilt --config experiments/<pretraining config>.py[:variant] \
       --captioner CKPT --filter CKPT --out DIR [--method nucleus|beam] [--num-captions 1] [--top-p 0.9]
       [--threshold 0.5] [--shard-size 2048] [--batch 32] [--dtype bfloat16] [--config.key=value ...]
+  python -m blip_jax.capfilt --config ... --dry_run --topology v5p:4x4x4 [--dry_run_model vit_l16]
+      (compile the job for a pod slice here and print per-chip memory and images/s: capfilt_compile.py)
 
 For every example of config.data.sources (json, TFDS or synthetic), in order:
   - the captioner (an LM fine-tune) writes --num-captions synthetic captions: nucleus sampling (top_p
@@ -12,9 +14,11 @@ For every example of config.data.sources (json, TFDS or synthetic), in order:
   - a source marked "human": True (human-annotated, e.g. COCO) passes untouched.
 Output: DIR/shards/*.json, BLIP pretraining json (`[{"image", "caption", "origin": web | synthetic |
 human, "itm", "image_id", "clean"?}]`, image paths absolute; images of sources without files (synthetic,
-TFDS) written under DIR/images), and DIR/summary.json (kept / dropped per origin, and the filter's
-precision / recall against a source's `clean` flags where it has them, as the synthetic world does).
-Pretrain on it with `dict(type="json", ann=[DIR/shards/...], image_root="")` (`shards()` lists them).
+TFDS) written under DIR/images); DIR/scores/*.json, every scored text in the same form, kept or not (so
+another threshold, or the paper's "captioner only" / "filter only" sets, need no second pass:
+`select()`); and DIR/summary.json (kept / dropped per origin, ITM-probability histograms, and the
+filter's precision / recall against a source's `clean` flags where it has them, as the synthetic world
+does). Pretrain on it with `dict(type="json", ann=[DIR/shards/...], image_root="")` (`shards()` lists them).
 
 Work is cut into shards of --shard-size examples; process p of P handles shards p, p + P, ...; each
 shard is written atomically when done, so a preempted or killed job rerun with the same command skips
@@ -34,14 +38,35 @@ from blip_jax.data.text import pre_caption
 from blip_jax.data.transforms import eval_transform
 
 ORIGINS = ("web", "synthetic", "human")
+HISTOGRAM_BINS = 20  # ITM probability histograms in the summary: bins of 0.05
 
 
-def shards(out: str) -> list[str]:
-  """The finished shard files of a CapFilt output directory, in order."""
-  d = os.path.join(out, "shards")
+def shards(out: str, kind: str = "shards") -> list[str]:
+  """The finished shard files of a CapFilt output directory, in order: kept texts ("shards") or every
+  scored text ("scores")."""
+  d = os.path.join(out, kind)
   if not os.path.isdir(d):
     return []
   return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".json") and not f.endswith(".stats.json"))
+
+
+def select(out: str, web: str = "filtered", synthetic: str = "filtered", threshold: float = 0.5) -> list[dict]:
+  """Records of a finished CapFilt output re-selected from its scores: each of `web` and `synthetic`
+  "filtered" (ITM probability >= threshold), "all" (unfiltered) or "none". Human texts always pass.
+  The paper's Table 1 rows: C+F = (filtered, filtered), captioner only = (all, all), filter only =
+  (filtered, none)."""
+  for name, rule in (("web", web), ("synthetic", synthetic)):
+    if rule not in ("filtered", "all", "none"):
+      raise ValueError(f"{name}={rule!r}: must be 'filtered', 'all' or 'none'")
+  rules = {"web": web, "synthetic": synthetic}
+  picked = []
+  for path in shards(out, "scores"):
+    with open(path) as f:
+      for item in json.load(f):
+        rule = rules.get(item["origin"], "all")
+        if rule == "all" or (rule == "filtered" and item["itm"] >= threshold):
+          picked.append(item)
+  return picked
 
 
 class CapFilt:
@@ -116,7 +141,8 @@ def _records(source, k: int, start: int, stop: int, out: str) -> tuple[list[dict
 def run(cfg, job: CapFilt, out: str, shard_size: int, process_index: int = 0, process_count: int = 1, log=print):
   """Process this process's shards of every source in cfg.data.sources (skipping finished ones), then
   (process 0) write summary.json from every shard's stats. Returns the summary (None on other processes)."""
-  os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+  for d in ("shards", "scores"):
+    os.makedirs(os.path.join(out, d), exist_ok=True)
   plan = []
   for k, spec in enumerate(cfg.data.sources):
     spec = dict(spec)
@@ -139,6 +165,7 @@ def run(cfg, job: CapFilt, out: str, shard_size: int, process_index: int = 0, pr
     stats = _stats(scored, kept, job.threshold)
     stats["skipped_images"] = skipped
     _write_json(name + ".stats", stats)
+    _write_json(os.path.join(out, "scores", os.path.basename(name)), scored)
     _write_json(name, kept)  # last: its presence marks the shard done
     log(f"shard {n + 1}/{len(mine)} (source {k}, examples {start}..): kept {len(kept)} of {len(scored)} texts")
   if process_count > 1:
@@ -156,7 +183,12 @@ def _stats(scored: list[dict], kept: list[dict], threshold: float) -> dict:
   out = {o: {"kept": 0, "dropped": 0} for o in ORIGINS}
   for item in scored:
     out[item["origin"]]["kept" if item["itm"] >= threshold or item["origin"] == "human" else "dropped"] += 1
+  bins = lambda items: np.histogram([i["itm"] for i in items], HISTOGRAM_BINS, (0.0, 1.0))[0].tolist()
+  out["itm_histogram"] = {o: bins([i for i in scored if i["origin"] == o]) for o in ("web", "synthetic")}
   web = [i for i in scored if i["origin"] == "web" and "clean" in i]
+  if web:
+    out["itm_histogram"]["web_clean"] = bins([i for i in web if i["clean"]])
+    out["itm_histogram"]["web_noisy"] = bins([i for i in web if not i["clean"]])
   if web:  # ground truth (the synthetic world's `clean`): the filter's confusion counts on web texts
     keep = [i["itm"] >= threshold for i in web]
     clean = [i["clean"] for i in web]
@@ -171,7 +203,7 @@ def _stats(scored: list[dict], kept: list[dict], threshold: float) -> dict:
 
 def _summary(out: str, threshold: float) -> dict:
   total = {o: {"kept": 0, "dropped": 0} for o in ORIGINS}
-  truth, skipped = {}, 0
+  truth, skipped, hist = {}, 0, {}
   for f in sorted(os.listdir(os.path.join(out, "shards"))):
     if not f.endswith(".stats.json"):
       continue
@@ -183,7 +215,10 @@ def _summary(out: str, threshold: float) -> dict:
     for key, v in s.get("web_truth", {}).items():
       truth[key] = truth.get(key, 0) + v
     skipped += s.get("skipped_images", 0)
+    for key, counts in s.get("itm_histogram", {}).items():
+      hist[key] = [a + b for a, b in zip(hist.get(key, [0] * len(counts)), counts)]
   summary = {"threshold": threshold, "origins": total, "skipped_images": skipped, "shards": len(shards(out))}
+  summary["itm_histogram"] = dict(bins=[i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)], **hist)
   if truth:
     kept = truth["kept_clean"] + truth["kept_noisy"]
     noisy = truth["kept_noisy"] + truth["dropped_noisy"]
@@ -192,7 +227,26 @@ def _summary(out: str, threshold: float) -> dict:
       kept_precision=truth["kept_clean"] / kept if kept else float("nan"),
       noisy_recall=truth["dropped_noisy"] / noisy if noisy else float("nan"),
     )
+  if "web_clean" in hist:
+    summary["threshold_sweep"] = _sweep(hist["web_clean"], hist["web_noisy"])
   return summary
+
+
+def _sweep(clean: list[int], noisy: list[int]) -> list[dict]:
+  """Precision of kept web texts and recall of dropped noisy ones at every histogram bin edge."""
+  rows = []
+  for k in range(1, len(clean)):
+    kept_clean, kept_noisy = sum(clean[k:]), sum(noisy[k:])
+    kept = kept_clean + kept_noisy
+    rows.append(
+      dict(
+        threshold=k / len(clean),
+        kept_web=kept,
+        kept_precision=kept_clean / kept if kept else float("nan"),
+        noisy_recall=1.0 - kept_noisy / sum(noisy) if sum(noisy) else float("nan"),
+      )
+    )
+  return rows
 
 
 def _write_json(path: str, value) -> None:
@@ -213,6 +267,12 @@ def main(argv) -> int:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     return 2
   f = flags.FLAGS
+  if f.dry_run:
+    return _dry_run(f)
+  missing = [name for name in ("captioner", "filter", "out") if not f[name].value]
+  if missing:
+    print(f"error: --{', --'.join(missing)} required (or --dry_run)", file=sys.stderr)
+    return 2
   if not f["verbosity"].present:  # orbax logs every restore at INFO
     from absl import logging
 
@@ -245,6 +305,30 @@ def main(argv) -> int:
   return 0
 
 
+def _dry_run(f) -> int:
+  """--dry_run: compile the job's device functions for --topology (or the local devices) and report."""
+  import jax
+
+  from blip_jax.aot import topology_devices
+  from blip_jax.capfilt_compile import compile_capfilt, configs, format_report
+
+  try:
+    devices = topology_devices(f.topology) if f.topology else jax.devices()
+    report = compile_capfilt(
+      *configs(f.dry_run_model, f.dry_run_image_size, f.dtype),
+      devices,
+      batch=f.batch,
+      max_length=f.max_length,
+      min_length=f.min_length,
+      num_captions=f.num_captions,
+    )
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(format_report(report))
+  return 0
+
+
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
@@ -266,7 +350,11 @@ def _define_flags():
   flags.DEFINE_integer("shard_size", 2048, "examples per output shard (the resume granularity)")
   flags.DEFINE_integer("batch", 32, "images per device pass")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
-  flags.mark_flags_as_required(["config", "captioner", "filter", "out"])
+  flags.DEFINE_bool("dry_run", False, "compile the job for --topology and report memory and speed; run nothing")
+  flags.DEFINE_string("topology", None, "with --dry_run: a TPU topology such as v5p:4x4x4 (needs libtpu)")
+  flags.DEFINE_enum("dry_run_model", "vit_b16", ["vit_b16", "vit_l16"], "with --dry_run: captioner / filter ViT")
+  flags.DEFINE_integer("dry_run_image_size", 384, "with --dry_run: image size (the COCO fine-tunes' 384)")
+  flags.mark_flags_as_required(["config"])
 
 
 def cli():

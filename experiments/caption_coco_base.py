@@ -34,6 +34,7 @@ def get_config(arg: str = ""):
       vision_remat="none",
       vision_remat_blocks=0,
       text_remat="none",
+      share="all_but_sa",  # must equal the pretrained model's (paper Table 3 settings: models/config.py)
     )
   )
   c.objective = ml_collections.ConfigDict(dict(label_smoothing=0.1))

@@ -36,11 +36,16 @@ def get_config(arg: str = ""):
       dtype="float32",
       vision_remat="none",
       text_remat="none",
+      share="all_but_sa",  # encoder / decoder sharing, paper Table 3: all_but_sa | all | all_but_ca | none
     )
   )
   c.objective = ml_collections.ConfigDict(
     dict(queue_size=57600, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0, label_smoothing=0.1, negatives="local")
   )  # "local": hard negatives within each data shard, like the official per-GPU code
+  c.objective.distinct_text_negatives = (
+    False  # True: never an ITM negative with the positive's exact text (not in the paper)
+  )
+  c.objective.shuffled_text_negatives = False  # True: + B word-order ITM negatives (NegCLIP; not in the paper)
   c.global_batch = 2880
   c.text_length = 30
   c.num_examples = 14_000_000  # per epoch: COCO + VG + SBU + CC3M + CC12M

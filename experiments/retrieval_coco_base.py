@@ -35,11 +35,16 @@ def get_config(arg: str = ""):
       vision_remat="full",  # official vit_grad_ckpt with vit_ckpt_layer 4: the last 4 blocks
       vision_remat_blocks=4,
       text_remat="none",
+      share="all_but_sa",  # must equal the pretrained model's (paper Table 3 settings: models/config.py)
     )
   )
   c.objective = ml_collections.ConfigDict(
     dict(queue_size=57600, momentum=0.995, alpha=0.4, alpha_ramp_epochs=1.0, label_smoothing=0.0, negatives="global")
   )  # "global": COCO's negative_all_rank, hard negatives over the whole batch
+  c.objective.distinct_text_negatives = (
+    False  # True: never an ITM negative with the positive's exact text (not in the paper)
+  )
+  c.objective.shuffled_text_negatives = False  # True: + B word-order ITM negatives (NegCLIP; not in the paper)
   c.text_length = 35
   common.finetune(
     c,

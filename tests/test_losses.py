@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blip_jax.losses import hard_negatives, itc_loss, itm_loss, lm_loss
+from blip_jax.losses import hard_negatives, itc_loss, itm_loss, lm_loss, shuffled_texts
 from blip_jax.losses.itm import negative_weights
 
 TOL = 1e-5
@@ -140,6 +140,24 @@ def test_global_negatives_never_share_an_image_id():
   assert (ids[draws] != ids[None, None, :]).all()
 
 
+def test_excluded_pairs_are_never_drawn_unless_nothing_else_is_left():
+  # texts 0, 1 and 3 identical ("a red square"): never each other's negative; row 5's whole shard is
+  # excluded, so it keeps its ordinary weights rather than drawing from nothing
+  text = np.array([7, 7, 8, 7, 9, 9])
+  exclude = text[:, None] == text[None, :]
+  exclude[5, :] = exclude[:, 5] = True
+  sim = jnp.asarray(np.random.default_rng(6).normal(size=(6, 6)), jnp.float32)
+  w = np.asarray(negative_weights(sim, 1, exclude=jnp.asarray(exclude)))
+  np.testing.assert_array_equal(w[:5][exclude[:5]], 0.0)
+  np.testing.assert_allclose(w[5], np.asarray(negative_weights(sim, 1))[5])
+  draws = np.asarray(
+    jax.vmap(lambda r: jnp.stack(hard_negatives(r, sim, sim.T, exclude=jnp.asarray(exclude))))(
+      jax.random.split(jax.random.key(3), 300)
+    )
+  )  # (300, 2, 6)
+  assert not exclude[np.arange(5)[None, None, :], draws[:, :, :5]].any()
+
+
 def _chi2_critical(df, z=3.09):
   """Wilson-Hilferty approximation of the chi-square quantile (z = 3.09 -> p = 0.999)."""
   return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
@@ -168,3 +186,16 @@ def test_alpha_ramp():
   assert float(alpha_schedule(0, 100)) == 0.0
   assert abs(float(alpha_schedule(50, 100)) - 0.2) < 1e-7
   assert abs(float(alpha_schedule(10**6, 100)) - 0.4) < 1e-7
+
+
+def test_shuffled_texts_permute_only_the_inner_tokens():
+  ids = jnp.asarray([[101, 5, 6, 7, 8, 102, 0, 0], [101, 9, 102, 0, 0, 0, 0, 0], [101, 3, 4, 102, 0, 0, 0, 0]])
+  mask = (ids > 0).astype(jnp.int32)
+  fallback = jnp.full_like(ids, 77)
+  for seed in range(20):
+    out = np.asarray(shuffled_texts(jax.random.key(seed), ids, mask, fallback))
+    row = out[0]
+    assert row[0] == 101 and row[5] == 102 and (row[6:] == 0).all()
+    assert sorted(row[1:5]) == [5, 6, 7, 8] and list(row[1:5]) != [5, 6, 7, 8]
+    assert (out[1] == 77).all()  # one inner token: nothing to shuffle, the fallback text instead
+    assert list(out[2]) in ([101, 4, 3, 102, 0, 0, 0, 0], [77] * 8)

@@ -15,7 +15,8 @@ from blip_jax.models.med import MED
 
 def _med(text_params: dict, cfg: TextConfig) -> MED:
   # compute in the params' dtype (bfloat16 params decode in bfloat16)
-  return MED(cfg, dtype=text_params["embeddings"]["word_embeddings"]["embedding"].dtype)
+  dtype = jax.tree.leaves(text_params["cls"])[0].dtype
+  return MED(cfg, dtype=dtype)
 
 
 def cross_kv(text_params: dict, cfg: TextConfig, image_embeds: jax.Array):

@@ -56,6 +56,13 @@ def export_state_dict(ckpt: Checkpoint, fmt: str = "salesforce") -> dict[str, np
   if fmt not in FORMATS:
     raise ValueError(f"fmt={fmt!r}: must be one of {FORMATS}")
   task = ckpt.config.task
+  share = ckpt.config.text.share
+  if share != "all_but_sa":
+    raise ValueError(
+      f"config.text.share={share!r}: the {fmt} format holds only BLIP's encoder / decoder sharing "
+      "('all_but_sa': the decoder owns its self-attention, shares everything else), so this model "
+      "(a Table 3 ablation) cannot be exported; keep it as a blip_jax checkpoint"
+    )
   if fmt == "hf" and task not in HF_CLASSES:
     raise ValueError(
       f"task {task!r} has no Hugging Face class (they are {sorted(HF_CLASSES)}); "
@@ -114,6 +121,11 @@ def import_state_dict(
     raise ValueError(f"task={task!r}: must be one of {sorted(TASKS)}")
   if fmt not in FORMATS:
     raise ValueError(f"fmt={fmt!r}: must be one of {FORMATS}")
+  if config is not None and config.text.share != "all_but_sa":
+    raise ValueError(
+      f"config.text.share={config.text.share!r}: {fmt} checkpoints hold only BLIP's 'all_but_sa' sharing; "
+      "a Table 3 ablation model starts from scratch or from a blip_jax checkpoint of the same setting"
+    )
   if fmt == "hf" and task not in HF_CLASSES:
     raise CheckpointError(
       source, f"Hugging Face has no class for task {task!r}", hint=f"use one of {sorted(HF_CLASSES)}"

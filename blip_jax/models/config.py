@@ -26,6 +26,9 @@ TASKS: dict[str, frozenset[str]] = {
   "nlvr": frozenset({"vision", "text_encoder_sa", "cls_head"}),
 }
 
+# Encoder / decoder parameter sharing settings of the MED (paper Table 3), BLIP's first.
+SHARING = ("all_but_sa", "all", "all_but_ca", "none")
+
 # Special token ids of bert-base-uncased + BLIP's two added tokens (reference section 3).
 PAD_ID, CLS_ID, SEP_ID, MASK_ID, DEC_ID, ENC_ID = 0, 101, 102, 103, 30522, 30523
 
@@ -75,6 +78,11 @@ class TextConfig:
   # Linear(2D -> D) from it on. 1 branch = every other task.
   num_cross_branches: int = 1
   cross_merge_from_layer: int = 6
+  # What the decoder mode shares with the encoder modes (paper Table 3): "all_but_sa" (BLIP: its own
+  # causal self-attention), "all" (one self-attention, causal in decoder mode), "all_but_ca" (its own
+  # cross-attention, shared self-attention) or "none" (its own embeddings and layers). Only BLIP's
+  # choice has a PyTorch checkpoint format; the others are for the ablation.
+  share: str = "all_but_sa"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +120,10 @@ class BlipConfig:
         f"config.text.num_cross_branches={t.num_cross_branches}: task 'nlvr' needs 2 (one per image), "
         "every other task 1"
       )
+    if t.share not in SHARING:
+      raise ValueError(f"config.text.share={t.share!r}: must be one of {SHARING}")
+    if t.share != "all_but_sa" and self.task in ("vqa", "nlvr"):
+      raise ValueError(f"config.text.share={t.share!r}: task {self.task!r} supports only BLIP's 'all_but_sa'")
     if not 0 <= self.vision_remat_blocks <= v.depth:
       raise ValueError(f"config.vision_remat_blocks={self.vision_remat_blocks}: must be in [0, {v.depth}]")
     for name in ("vision_remat", "text_remat"):

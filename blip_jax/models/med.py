@@ -1,7 +1,9 @@
 """MED: the BLIP text transformer (post-LN BERT), reference section 3.
 
 One module serves the three modes. Encoder and decoder live in ONE parameter tree and share every
-tensor except self-attention ("all except SA", paper Table 3). Names mirror the official BERT:
+tensor except self-attention ("all except SA", paper Table 3; `TextConfig.share` picks the others of
+that table: "all", "all_but_ca" (the decoder's own `decoder_crossattention`), "none" (its own
+`decoder_embeddings` and `decoder_*` blocks in every layer)). Names mirror the official BERT:
 
   embeddings/{word_embeddings, position_embeddings, LayerNorm}          shared
   layer_{i}/attention/{self/{query,key,value}, output/{dense,LayerNorm}}  encoder self-attention
@@ -180,30 +182,50 @@ class Layer(nn.Module):
     self.decoder_attention = Attention(c, **kw)
     merge = c.num_cross_branches > 1 and self.layer_index >= c.cross_merge_from_layer
     self.crossattention = Attention(c, cross=True, merge=merge, **kw)
+    self.decoder_crossattention = Attention(c, cross=True, **kw)  # share "all_but_ca" / "none" only
     self.intermediate = layers.dense(c.intermediate_size, ("embed", "mlp"), **kw)
     self.output = layers.dense(c.hidden_size, ("mlp", "embed"), **kw)
     self.output_LayerNorm = layers.layer_norm(c.layer_norm_eps, **kw)
+    if c.share == "none":
+      self.decoder_intermediate = layers.dense(c.intermediate_size, ("embed", "mlp"), **kw)
+      self.decoder_output = layers.dense(c.hidden_size, ("mlp", "embed"), **kw)
+      self.decoder_output_LayerNorm = layers.layer_norm(c.layer_norm_eps, **kw)
     # the name an inline nn.Dropout gets: dropout masks derive from the module path, so keeping it
     # keeps training runs identical to those of earlier versions
     self.Dropout_0 = nn.Dropout(c.hidden_dropout)
 
-  def __call__(self, x, self_bias, kvs, kv_biases, kv_index, mode: str, deterministic: bool):
-    sa = self.decoder_attention if mode == "decoder" else self.attention
-    x = sa(x, self_bias, deterministic=deterministic)
-    if mode != "text":
-      x = self.crossattention(x, None, kvs, kv_biases, deterministic, kv_index)
-    return nn.with_logical_constraint(self.ffn(x, deterministic), ("batch", "length", "embed"))
+  def _self_attention(self, mode: str) -> Attention:
+    own = mode == "decoder" and self.cfg.share in ("all_but_sa", "none")
+    return self.decoder_attention if own else self.attention
 
-  def ffn(self, x, deterministic: bool):
-    h = layers.gelu(self.intermediate(x))
-    h = self.Dropout_0(self.output(h), deterministic=deterministic)
-    return self.output_LayerNorm(h + x)
+  def _cross_attention(self, mode: str) -> Attention:
+    own = mode == "decoder" and self.cfg.share in ("all_but_ca", "none")
+    return self.decoder_crossattention if own else self.crossattention
+
+  def __call__(self, x, self_bias, kvs, kv_biases, kv_index, mode: str, deterministic: bool):
+    x = self._self_attention(mode)(x, self_bias, deterministic=deterministic)
+    if mode != "text":
+      x = self._cross_attention(mode)(x, None, kvs, kv_biases, deterministic, kv_index)
+    return nn.with_logical_constraint(self.ffn(x, deterministic, mode), ("batch", "length", "embed"))
+
+  def ffn(self, x, deterministic: bool, mode: str = "text"):
+    if mode == "decoder" and self.cfg.share == "none":
+      dense_in, dense_out, norm = self.decoder_intermediate, self.decoder_output, self.decoder_output_LayerNorm
+    else:
+      dense_in, dense_out, norm = self.intermediate, self.output, self.output_LayerNorm
+    h = layers.gelu(dense_in(x))
+    h = self.Dropout_0(dense_out(h), deterministic=deterministic)
+    return norm(h + x)
+
+  def project_decoder_kv(self, image_embeds):
+    """The decoder's cross-attention K/V of (Bi, Lk, Dk) encoder states (see SelfOrCross.project_kv)."""
+    return self._cross_attention("decoder").project_kv(image_embeds)
 
   def decode(self, x, cache_k, cache_v, pos, cross_k, cross_v):
     """The decoder-mode layer for one new position per row (see SelfOrCross.decode_*)."""
-    x, cache_k, cache_v = self.decoder_attention.decode_self(x, cache_k, cache_v, self.layer_index, pos)
-    x = self.crossattention.decode_cross(x, cross_k, cross_v)
-    return self.ffn(x, True), cache_k, cache_v
+    x, cache_k, cache_v = self._self_attention("decoder").decode_self(x, cache_k, cache_v, self.layer_index, pos)
+    x = self._cross_attention("decoder").decode_cross(x, cross_k, cross_v)
+    return self.ffn(x, True, "decoder"), cache_k, cache_v
 
 
 class Embeddings(nn.Module):
@@ -267,6 +289,7 @@ class MED(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embeddings = Embeddings(self.cfg, **kw)
+    self.decoder_embeddings = Embeddings(self.cfg, **kw)  # share "none" only
     # static: mode (6) and deterministic (7), counting self as 0.
     layer_cls = layers.maybe_remat(Layer, self.remat, static_argnums=(6, 7))
     self.layer = [layer_cls(self.cfg, i, **kw) for i in range(self.cfg.num_layers)]
@@ -303,7 +326,7 @@ class MED(nn.Module):
       raise ValueError(f"text length {ids.shape[1]} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
     deterministic = not train
     positions = jnp.arange(ids.shape[1])[None, :]
-    x = self.embeddings(ids, positions, deterministic)
+    x = self._embeddings(mode)(ids, positions, deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     self_bias = layers.causal_padding_bias(mask) if mode == "decoder" else layers.padding_bias(mask)
     kvs = kv_biases = None
@@ -325,9 +348,12 @@ class MED(nn.Module):
       x = layer(x, self_bias, kvs, kv_biases, encoder_index, mode, deterministic)
     return x
 
+  def _embeddings(self, mode: str) -> Embeddings:
+    return self.decoder_embeddings if mode == "decoder" and self.cfg.share == "none" else self.embeddings
+
   def logits(self, hidden: jax.Array) -> jax.Array:
     """(B, L, D) decoder states -> (B, L, V) float32 logits (tied word embeddings + bias)."""
-    return self.cls(hidden, self.embeddings).astype(jnp.float32)
+    return self.cls(hidden, self._embeddings("decoder")).astype(jnp.float32)
 
   # ---- incremental decoding (generation): the same layers, one new position per row -----------------
 
@@ -336,7 +362,7 @@ class MED(nn.Module):
     cross-attention keys and values, computed once and reused by every decoding step and beam. One
     array per layer, not one stacked array: XLA:CPU copied each layer's slice of a stacked array on
     every step (4x slower decoding at batch 16)."""
-    kv = [layer.crossattention.project_kv(image_embeds.astype(self.dtype)) for layer in self.layer]
+    kv = [layer.project_decoder_kv(image_embeds.astype(self.dtype)) for layer in self.layer]
     return tuple(k for k, _ in kv), tuple(v for _, v in kv)
 
   def decode_step(self, tokens: jax.Array, pos: jax.Array, cache, cross):
@@ -351,7 +377,7 @@ class MED(nn.Module):
     Returns:
       logits (N, V) float32, new cache.
     """
-    x = self.embeddings(tokens[:, None], jnp.reshape(pos, (1, 1)), True)  # (N, 1, D)
+    x = self._embeddings("decoder")(tokens[:, None], jnp.reshape(pos, (1, 1)), True)  # (N, 1, D)
     cache_k, cache_v = cache
     for i, layer in enumerate(self.layer):
       x, cache_k, cache_v = layer.decode(x, cache_k, cache_v, pos, cross[0][i], cross[1][i])

@@ -2,7 +2,8 @@
 
 The ViT, vision_proj, the text encoder (its embeddings, encoder self-attention, cross-attention and
 FFN: the official `text_encoder_m` is a whole BertModel) and text_proj. Never the decoder's own
-self-attention, the LM head, itm_head or temp.
+blocks (`decoder_*`: self-attention, and with other sharing settings its cross-attention, FFN and
+embeddings), the LM head, itm_head or temp.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 MOMENTUM_TOP = ("visual_encoder", "vision_proj", "text", "text_proj")
-_TEXT_EXCLUDED = ("decoder_attention", "cls")
+_TEXT_EXCLUDED = ("cls",)
 
 
 def momentum_view(params: dict[str, Any]) -> dict[str, Any]:
@@ -20,10 +21,14 @@ def momentum_view(params: dict[str, Any]) -> dict[str, Any]:
     out["text"] = {
       name: _strip(sub) if name.startswith("layer_") else sub
       for name, sub in out["text"].items()
-      if name not in _TEXT_EXCLUDED
+      if not _excluded(name)
     }
   return out
 
 
 def _strip(layer: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in layer.items() if k not in _TEXT_EXCLUDED}
+  return {k: v for k, v in layer.items() if not _excluded(k)}
+
+
+def _excluded(name: str) -> bool:
+  return name in _TEXT_EXCLUDED or name.startswith("decoder_")

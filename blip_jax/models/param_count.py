@@ -25,12 +25,15 @@ def report(params: dict[str, Any], momentum_params: dict[str, Any] | None = None
         "encoder self-attention": 0,
         "decoder self-attention": 0,
         "cross-attention": 0,
+        "decoder cross-attention": 0,
         "FFN": 0,
+        "decoder FFN": 0,
+        "decoder embeddings": 0,
         "LM head": 0,
       }
       for k, v in sub.items():
-        if k == "embeddings":
-          groups["embeddings"] += count(v)
+        if k in ("embeddings", "decoder_embeddings"):
+          groups[k.replace("_", " ")] += count(v)
         elif k == "cls":
           groups["LM head"] += count(v)
         else:
@@ -39,7 +42,8 @@ def report(params: dict[str, Any], momentum_params: dict[str, Any] | None = None
               "attention": "encoder self-attention",
               "decoder_attention": "decoder self-attention",
               "crossattention": "cross-attention",
-            }.get(block, "FFN")
+              "decoder_crossattention": "decoder cross-attention",
+            }.get(block, "decoder FFN" if block.startswith("decoder_") else "FFN")
             groups[key] += count(leaf)
       rows += [(f"  {g}", n) for g, n in groups.items() if n]
   total = count(params)
@@ -56,7 +60,7 @@ def main(argv=None) -> None:
   import argparse
 
   from blip_jax.models.blip import param_shapes
-  from blip_jax.models.config import TASKS, BlipConfig, vit_b16, vit_l16
+  from blip_jax.models.config import SHARING, TASKS, BlipConfig, TextConfig, vit_b16, vit_l16
   from blip_jax.models.momentum import momentum_view
 
   p = argparse.ArgumentParser(
@@ -66,9 +70,10 @@ def main(argv=None) -> None:
   p.add_argument("--task", default="pretrain", choices=sorted(TASKS))
   p.add_argument("--vision", default="vit_b", choices=["vit_b", "vit_l"])
   p.add_argument("--image-size", type=int, default=224)
+  p.add_argument("--share", default="all_but_sa", choices=SHARING, help="encoder / decoder sharing (Table 3)")
   args = p.parse_args(argv)
   vision = (vit_b16 if args.vision == "vit_b" else vit_l16)(args.image_size)
-  config = BlipConfig(task=args.task, vision=vision)
+  config = BlipConfig(task=args.task, vision=vision, text=TextConfig(share=args.share))
   shapes = param_shapes(config)
   momentum = momentum_view(shapes) if "momentum" in config.components else None
   print(f"BLIP {args.task}, {args.vision}/16 @ {args.image_size}px + BERT-base MED")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from blip_jax.losses import alpha_schedule, hard_negatives, itc_loss, itm_loss, lm_loss
+from blip_jax.losses import alpha_schedule, hard_negatives, itc_loss, itm_loss, lm_loss, shuffled_texts
 from blip_jax.models.blip import Blip, init_params, l2_normalize
 from blip_jax.models.config import BlipConfig
 from blip_jax.models.momentum import momentum_view
@@ -36,6 +36,13 @@ class Objective:
   negative_groups: int = 1  # number of data shards for "local"
   multi_positive: bool = False  # retrieval fine-tuning: ITC targets and ITM negatives by image id
   prompt_length: int = 0  # captioning: leading decoder positions ([DEC] + prompt) that are not targets
+  # Not in the paper: never draw an ITM negative whose text equals the positive's word for word. Web
+  # data rarely repeats a caption; a small world ("a red square") does all the time, and such false
+  # negatives teach the ITM head to reject true pairs (the CapFilt filter then drops clean texts).
+  distinct_text_negatives: bool = False
+  # Not in the paper: B more ITM negatives, each image with its own text's tokens shuffled (NegCLIP's
+  # word-order negatives), so the ITM head learns that word salad of the right words is no match.
+  shuffled_text_negatives: bool = False
 
 
 def losses(model: BlipConfig) -> tuple[str, ...]:
@@ -140,21 +147,29 @@ def make_train_step(model_config: BlipConfig, obj: Objective, tx: optax.Gradient
       else:  # pretraining: the ITC logits (online vs momentum) of the in-batch columns
         sim_i2t, sim_t2i = sims["sim_i2t"][:, :b], sims["sim_t2i"][:, :b]
       groups = obj.negative_groups if obj.negatives == "local" else 1
-      neg_img, neg_txt = hard_negatives(r(4), sim_i2t, sim_t2i, groups=groups, idx=idx if use_idx else None)
+      same_text = (ids[:, None, :] == ids[None, :, :]).all(-1) if obj.distinct_text_negatives else None
+      neg_img, neg_txt = hard_negatives(
+        r(4), sim_i2t, sim_t2i, groups=groups, idx=idx if use_idx else None, exclude=same_text
+      )
       # One pass over [positives; text with negative image; negative text with image]: each image's
       # cross-attention K/V are projected once and gathered (the official code recomputes them for
       # every pair). The decoder below projects the same K/V from the same image tokens; XLA's CSE
       # can share that too.
       rows = jnp.arange(b)
+      texts, masks, images_of = [ids, ids, ids[neg_txt]], [mask, mask, mask[neg_txt]], [rows, neg_img, rows]
+      if obj.shuffled_text_negatives:
+        shuffled = shuffled_texts(r(6), ids, mask, ids[neg_txt])
+        same = (shuffled == ids[neg_txt]).all(axis=1, keepdims=True)  # rows that fell back to the negative
+        texts, masks, images_of = texts + [shuffled], masks + [jnp.where(same, mask[neg_txt], mask)], images_of + [rows]
       logits = apply(
         p,
         Blip.itm_logits,
-        jnp.concatenate([ids, ids, ids[neg_txt]]),
-        jnp.concatenate([mask, mask, mask[neg_txt]]),
+        jnp.concatenate(texts),
+        jnp.concatenate(masks),
         img,
         train=True,
         rng=r(5),
-        image_index=jnp.concatenate([rows, neg_img, rows]),
+        image_index=jnp.concatenate(images_of),
       )
       l_itm = itm_loss(logits[:b], logits[b:])
       if not with_lm:  # retrieval fine-tuning: ITC + ITM only

@@ -138,6 +138,7 @@ def model_config(cfg, tokenizer=None) -> BlipConfig:
   else:
     raise ValueError(f"config.model.vision={m.vision!r}: must be one of {sorted(VISION) + ['tiny']}")
   vision = dataclasses.replace(base.vision, drop_path_rate=m.drop_path_rate)
+  base = base.replace(text=dataclasses.replace(base.text, share=m.get("share", "all_but_sa")))
   if tokenizer is not None:
     sp = tokenizer.special
     base = base.replace(
@@ -219,6 +220,8 @@ def objective(cfg, mesh: tuple[int, int, int], tokenizer=None) -> Objective:
     negatives=o.negatives,
     negative_groups=data_shards if o.negatives == "local" else 1,
     multi_positive=cfg.model.task == "retrieval",
+    distinct_text_negatives=bool(o.get("distinct_text_negatives", False)),
+    shuffled_text_negatives=bool(o.get("shuffled_text_negatives", False)),
   )
   if "momentum" not in TASKS[cfg.model.task]:
     raise ValueError(f"config.model.task={cfg.model.task!r} has no momentum encoder: use pretrain or retrieval")

@@ -57,6 +57,11 @@ def _init_from(path: str, exp: build.Experiment, state: dict, shardings: dict) -
   else:
     # the run's own tokenizer decides the vocabulary: one stored beside the checkpoint is not read
     ckpt = interop.load(path, task=model.task, image_size=model.vision.image_size, with_tokenizer=False)
+    if ckpt.config.text.share != model.text.share:
+      raise ValueError(
+        f"config.init_from={path!r} shares encoder and decoder as {ckpt.config.text.share!r}, "
+        f"config.model.share is {model.text.share!r}: set them equal"
+      )
     params, notes = ckpt.params, list(ckpt.notes)
     if ckpt.fresh:  # parts this checkpoint leaves to initialisation by design (NLVR2's merge layers, head)
       initial = jax.tree.map(np.asarray, init_params(model, jax.random.key(exp.cfg.seed)))
