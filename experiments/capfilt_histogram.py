@@ -16,7 +16,10 @@ W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 420, 70, 20, 50, 60
 
 
 def plot(
-  histogram: dict, path: str, threshold: float = 0.5, title: str = "CapFilt filter: ITM match probability"
+  histogram: dict,
+  path: str,
+  threshold: float = 0.5,
+  title: str = "CapFilt filter: ITM match probability (bars: share of each set's texts per bin)",
 ) -> None:
   """Draw the fraction of each series' texts per probability bin, side by side, with the threshold.
 

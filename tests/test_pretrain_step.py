@@ -172,3 +172,32 @@ def test_gradient_accumulation_of_identical_microbatches_equals_one_step():
 
   with pytest.raises(ValueError, match="config.accum_steps=3"):
     build.experiment(_smoke(accum_steps=3), 8)
+
+
+def test_itm_pairs_equal_one_call_per_pair(setup):
+  from blip_jax.tasks.pretrain import itm_pair_logits
+
+  c, _, _, batch, state0, _, _ = setup
+  params = state0["params"]
+  model = Blip(c)
+  img = model.apply({"params": params}, batch["images"], method=Blip.encode_image)
+  ids, mask = batch["ids"], batch["mask"].at[:, 5:].set(jnp.asarray([[1, 0]] * 4 + [[0, 0]] * 4))
+  neg_img = jnp.asarray([3, 0, 1, 7, 2, 2, 5, 6])
+  neg_txt = jnp.asarray([1, 2, 0, 5, 7, 4, 3, 3])
+  extra = ((ids[:, ::-1], mask),)
+
+  def itm(i, m, im, rng=None, image_index=None):
+    del rng
+    return model.apply({"params": params}, i, m, im, method=Blip.itm_logits, image_index=image_index)
+
+  pos, neg = itm_pair_logits(itm, ids, mask, img, neg_img, neg_txt, extra)
+  # every pair scored alone, its image picked by hand
+  def alone(t_ids, t_mask, image):
+    return model.apply({"params": params}, t_ids[None], t_mask[None], img[image][None], method=Blip.itm_logits)[0]
+
+  want_pos = [alone(ids[k], mask[k], k) for k in range(B)]
+  want_neg = [alone(ids[k], mask[k], int(neg_img[k])) for k in range(B)]
+  want_neg += [alone(ids[int(neg_txt[k])], mask[int(neg_txt[k])], k) for k in range(B)]
+  want_neg += [alone(extra[0][0][k], extra[0][1][k], k) for k in range(B)]
+  np.testing.assert_allclose(np.asarray(pos), np.stack(want_pos), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(neg), np.stack(want_neg), atol=1e-5, rtol=0)
