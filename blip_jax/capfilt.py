@@ -50,14 +50,20 @@ def shards(out: str, kind: str = "shards") -> list[str]:
   return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".json") and not f.endswith(".stats.json"))
 
 
-def select(out: str, web: str = "filtered", synthetic: str = "filtered", threshold: float = 0.5) -> list[dict]:
+def select(out: str, web: str = "filtered", synthetic: str = "filtered", threshold: float | None = None) -> list[dict]:
   """Records of a finished CapFilt output re-selected from its scores: each of `web` and `synthetic`
-  "filtered" (ITM probability >= threshold), "all" (unfiltered) or "none". Human texts always pass.
-  The paper's Table 1 rows: C+F = (filtered, filtered), captioner only = (all, all), filter only =
-  (filtered, none)."""
+  "filtered" (ITM probability >= threshold; default: the job's own threshold), "all" (unfiltered) or
+  "none". Human texts always pass. The paper's Table 1 rows: C+F = (filtered, filtered), captioner
+  only = (all, all), filter only = (filtered, none)."""
   for name, rule in (("web", web), ("synthetic", synthetic)):
     if rule not in ("filtered", "all", "none"):
       raise ValueError(f"{name}={rule!r}: must be 'filtered', 'all' or 'none'")
+  if threshold is None:
+    summary = os.path.join(out, "summary.json")
+    if not os.path.exists(summary):
+      raise ValueError(f"{summary}: no summary (the CapFilt job has not finished); pass threshold=")
+    with open(summary) as f:
+      threshold = json.load(f)["threshold"]
   rules = {"web": web, "synthetic": synthetic}
   picked = []
   for path in shards(out, "scores"):

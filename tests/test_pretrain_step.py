@@ -191,6 +191,7 @@ def test_itm_pairs_equal_one_call_per_pair(setup):
     return model.apply({"params": params}, i, m, im, method=Blip.itm_logits, image_index=image_index)
 
   pos, neg = itm_pair_logits(itm, ids, mask, img, neg_img, neg_txt, extra)
+
   # every pair scored alone, its image picked by hand
   def alone(t_ids, t_mask, image):
     return model.apply({"params": params}, t_ids[None], t_mask[None], img[image][None], method=Blip.itm_logits)[0]

@@ -2,8 +2,8 @@
 
 Counts matmul FLOPs (2 per multiply-add), which dominate at every real size. Per step:
   momentum forwards (no backward): ViT (B images), unimodal text (B)
-  online forwards, each x3 for forward + backward: ViT (B), unimodal text (B), ITM multimodal passes
-  over B positive + 2B negative texts with cross-attention K/V projected for 2B images,
+  online forwards, each x3 for forward + backward: ViT (B), unimodal text (B), one ITM multimodal
+  pass over B positive + 2B negative texts with cross-attention K/V projected once per image (B),
   decoder with LM head (B; its K/V projection is counted although XLA may share it with ITM's),
   ITC similarity matrices.
 """
@@ -38,20 +38,13 @@ def text_forward(
 
 
 def pretrain_step_flops(
-  cfg: BlipConfig,
-  batch: int,
-  length: int,
-  queue_size: int,
-  shared_itm_kv: bool = True,
-  lm: bool = True,
-  shuffled_negatives: bool = False,
+  cfg: BlipConfig, batch: int, length: int, queue_size: int, shared_itm_kv: bool = True, lm: bool = True
 ) -> float:
   """FLOPs of one pretraining step on a global batch of `batch` pairs of `length` tokens (lm=False:
-  the retrieval fine-tuning step, the same without the decoder; shuffled_negatives: B more ITM texts).
+  the retrieval fine-tuning step, the same without the decoder).
 
-  Our ITM projects cross-attention K/V for 2B images (each image once for its own rows, each negative
-  image once more); shared_itm_kv=False counts the official step instead, whose ITM positive and
-  negative passes project K/V for every one of their 3B pairs."""
+  shared_itm_kv=False counts the official step instead, whose ITM positive and negative passes
+  project cross-attention K/V for every one of their 3B pairs."""
   e = cfg.embed_dim
   proj = 2 * batch * (cfg.vision.width + cfg.text.hidden_size) * e
   momentum = vit_forward(cfg, batch) + text_forward(cfg, batch, length, False, False) + proj
@@ -62,11 +55,11 @@ def pretrain_step_flops(
     + proj
     + text_forward(
       cfg,
-      (4 if shuffled_negatives else 3) * batch,
+      3 * batch,
       length,
       True,
       False,  # ITM pos + neg
-      2 * batch if shared_itm_kv else None,
+      batch if shared_itm_kv else None,
     )
     + (text_forward(cfg, batch, length, True, True) if lm else 0)  # decoder + LM head
     + 2 * batch * cfg.text.hidden_size * 2
