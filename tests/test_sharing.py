@@ -59,7 +59,13 @@ DECODER_BLOCKS = {
 ENCODER_BLOCKS = {"embeddings", "attention", "crossattention", "intermediate", "output", "output_LayerNorm"}
 
 
-@pytest.mark.parametrize("share", SHARING)
+# the two settings that own the most (and BLIP's, covered by every other test) run in the fast suite
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+  "share", [pytest.param("all_but_sa", marks=SLOW), pytest.param("all", marks=SLOW), "all_but_ca", "none"]
+)
 def test_each_mode_reads_exactly_its_blocks(share):
   c = _config(share)
   params = init_params(c, jax.random.key(0))
@@ -94,7 +100,7 @@ def test_paper_table3_parameter_counts():
   }
 
 
-@pytest.mark.parametrize("share", ["all", "all_but_ca", "none"])
+@pytest.mark.parametrize("share", [pytest.param("all", marks=SLOW), pytest.param("all_but_ca", marks=SLOW), "none"])
 def test_cached_decoding_equals_full_forward(share):
   c = _config(share, "caption")
   params = init_params(c, jax.random.key(1))
