@@ -89,6 +89,8 @@ def _train(cfg, workdir: str) -> dict:
     with open(done) as f:
       return json.load(f)
   result = train(cfg, workdir)
+  if not result["finished"]:  # preempted (SIGTERM / Ctrl-C): saved; a rerun continues from here
+    raise KeyboardInterrupt(f"{workdir}: stopped at step {result['step']}; rerun the same command to continue")
   with open(done, "w") as f:
     json.dump(result, f)
   return result
@@ -205,20 +207,14 @@ def run(workdir: str, steps: int = 768, tables=(1, 2, 3, 4)) -> dict:
   for name, (web, synthetic) in SELECTIONS.items():
     if name == "C+F" or 1 in tables:
       out["table1"][name] = b.bootstrapped("B_" + name.replace(" ", "_").replace("+", ""), nucleus, web, synthetic)
+  _write(workdir, out)  # after each table: a long run shows what it has so far
   if 2 in tables:
     beam = _capfilt(b.path("capfilt_beam"), captioner, filt, steps, method="beam")
     out["table2"] = {
       "nucleus": dict(out["table1"]["C+F"], **_filter_report(summary)),
       "beam": dict(b.bootstrapped("B_beam", b.path("capfilt_beam"), "filtered", "filtered"), **_filter_report(beam)),
     }
-  if 3 in tables:
-    out["table3"] = {}
-    for share in ("all_but_sa", "all", "all_but_ca", "none"):
-      figures = (
-        results["A (noisy web + human)"] if share == "all_but_sa" else b.evaluate(f"A_{share}", [WEB, HUMAN], share)
-      )
-      cfg = pretrain_config([WEB, HUMAN], steps, share)
-      out["table3"][share] = dict(figures, params=count(param_shapes(model_config(cfg))))
+  _write(workdir, out)
   if 4 in tables:
     _train(shared_config(b.path("A", "pretrain", "model")), b.path("A", "shared"))
     shared = b.path("A", "shared", "model")
@@ -228,6 +224,15 @@ def run(workdir: str, steps: int = 768, tables=(1, 2, 3, 4)) -> dict:
       "shared": dict(b.bootstrapped("B_shared", b.path("capfilt_shared"), "filtered", "filtered"), **_filter_report(s)),
     }
   _write(workdir, out)
+  if 3 in tables:
+    out["table3"] = {}
+    for share in ("all_but_sa", "all", "all_but_ca", "none"):
+      figures = (
+        results["A (noisy web + human)"] if share == "all_but_sa" else b.evaluate(f"A_{share}", [WEB, HUMAN], share)
+      )
+      cfg = pretrain_config([WEB, HUMAN], steps, share)
+      out["table3"][share] = dict(figures, params=count(param_shapes(model_config(cfg))))
+      _write(workdir, out)
   return out
 
 

@@ -190,11 +190,15 @@ def test_itm_pairs_equal_one_call_per_pair(setup):
     del rng
     return model.apply({"params": params}, i, m, im, method=Blip.itm_logits, image_index=image_index)
 
-  pos, neg = itm_pair_logits(itm, ids, mask, img, neg_img, neg_txt, extra)
+  pos, neg = jax.jit(lambda *a: itm_pair_logits(itm, *a))(ids, mask, img, neg_img, neg_txt, extra)
 
   # every pair scored alone, its image picked by hand
+  one_pair = jax.jit(
+    lambda i, m, im: model.apply({"params": params}, i[None], m[None], im[None], method=Blip.itm_logits)
+  )
+
   def alone(t_ids, t_mask, image):
-    return model.apply({"params": params}, t_ids[None], t_mask[None], img[image][None], method=Blip.itm_logits)[0]
+    return one_pair(t_ids, t_mask, img[image])[0]
 
   want_pos = [alone(ids[k], mask[k], k) for k in range(B)]
   want_neg = [alone(ids[k], mask[k], int(neg_img[k])) for k in range(B)]

@@ -59,12 +59,18 @@ DECODER_BLOCKS = {
 ENCODER_BLOCKS = {"embeddings", "attention", "crossattention", "intermediate", "output", "output_LayerNorm"}
 
 
-# the two settings that own the most (and BLIP's, covered by every other test) run in the fast suite
+# the setting that owns the most runs in the fast suite (BLIP's is covered by every other test)
 SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
-  "share", [pytest.param("all_but_sa", marks=SLOW), pytest.param("all", marks=SLOW), "all_but_ca", "none"]
+  "share",
+  [
+    pytest.param("all_but_sa", marks=SLOW),
+    pytest.param("all", marks=SLOW),
+    pytest.param("all_but_ca", marks=SLOW),
+    "none",
+  ],
 )
 def test_each_mode_reads_exactly_its_blocks(share):
   c = _config(share)

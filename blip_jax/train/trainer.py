@@ -87,7 +87,8 @@ def _export(state: dict, exp: build.Experiment, workdir: str, directory: str) ->
 
 
 def train(cfg, workdir: str) -> dict:
-  """Run (or resume) the experiment `cfg` in `workdir`. Returns the last train and eval metrics.
+  """Run (or resume) the experiment `cfg` in `workdir`. Returns {"train", "eval": the last metrics,
+  "step", "finished": False when a SIGTERM / SIGINT (preemption) stopped it early, saved}.
 
   Raises WorkdirBusy when another run holds the workdir, ValueError for a bad config (before anything
   compiles), NonFiniteLoss, DataError; in every case the save in flight is finished first."""
@@ -180,7 +181,7 @@ def _run(exp: build.Experiment, workdir: str, loader, ckpt: Checkpointer, writer
         f"wrote the trained model to {directory} "
         "(python -m blip_jax.convert turns it into Salesforce or Hugging Face checkpoints)"
       )
-  return {"train": last_train, "eval": last_eval, "step": step}
+  return {"train": last_train, "eval": last_eval, "step": step, "finished": step == steps}
 
 
 def _initial_state(exp, specs, shardings, ckpt, loader, writer) -> dict:
