@@ -246,12 +246,12 @@ def _write(workdir: str, out: dict) -> None:
 def markdown(out: dict) -> str:
   """The result tables as markdown (what the README shows)."""
   cols = ("zero_shot_i2t_r1", "zero_shot_t2i_r1", "caption_CIDEr")
-  head = "| | zero-shot i2t R@1 | zero-shot t2i R@1 | CIDEr (after caption fine-tune) |"
+  head = "| | zero-shot i2t R@1 | zero-shot t2i R@1 | CIDEr (after caption fine-tune)"
   lines = []
 
   def table(title, rows, extra=()):
     lines.extend(
-      ["", f"**{title}**", "", head[:-1] + "".join(f" {e} |" for e in extra), "|---" * (4 + len(extra)) + "|"]
+      ["", f"**{title}**", "", head + "".join(f" | {e}" for e in extra) + " |", "|---" * (4 + len(extra)) + "|"]
     )
     for name, r in rows.items():
       cells = [f"{r[c]:.1f}" if c != "caption_CIDEr" else f"{r[c]:.2f}" for c in cols]
