@@ -5,9 +5,10 @@ this CPU, and report per-chip memory and an images/s estimate from the analytic 
   python -m blip_jax.capfilt --dry_run --topology v5p:4x4x4 [--dry_run_model vit_b16|vit_l16]
       [--batch 32] [--num_captions 1] [--dtype bfloat16] --config ... (the other flags as the job)
 
-The functions are the ones `inference.BlipModel` jits for the job (`caption_pixels` with sample=True,
-`itm_pairs`), each chip holding a replica of both models and `batch` images (data parallel, as the
-job's hosts read their own shards).
+The two functions below restate what `inference.BlipModel` jits for the job (`caption_pixels` with
+sample=True, `itm_pairs`) on abstract params, since BlipModel needs loaded weights; keep them in step
+with it. Each chip holds a replica of both models and `batch` images (data parallel, as the job's hosts
+read their own shards).
 """
 
 from __future__ import annotations
