@@ -3,6 +3,11 @@
 min_length 5, at batch 1 and 16. Image encoding, decoding and end to end are timed separately, in the
 same run, after a warm-up (compile) call; figures are medians over --repeats.
 
+The HF model is built from our own config (`interop.hf.hf_config`: BLIP's 12 text heads, vision eps
+1e-6), not transformers' default BlipConfig (8 heads, eps 1e-5), and its random weights are made
+decisive (sharper logits, stronger image dependence) so that both sides must produce the same tokens.
+Speed is only ever compared on identical output: the float32 run raises if any token differs.
+
   python -m benchmarks.generate [--batches 1 16] [--repeats 3] [--bf16]
 """
 
@@ -33,6 +38,27 @@ def median_time(fn, repeats):
   return statistics.median(times), out
 
 
+def decisive(hf):
+  """Random BLIP weights give near-uniform next-token logits, where float noise alone can flip a beam.
+  Scale the decoder's word embeddings (sharper logits) and its cross-attention value / output (each
+  image its own caption), as tests/test_generate.py does. Returns the model, changed in place."""
+  import torch
+
+  with torch.no_grad():
+    hf.text_decoder.bert.embeddings.word_embeddings.weight.mul_(6.0)
+    for name, p in hf.text_decoder.named_parameters():
+      if "crossattention.self.value.weight" in name or "crossattention.output.dense.weight" in name:
+        p.mul_(4.0)
+  return hf
+
+
+def same_tokens(ids, lengths, hf):
+  """ids [B, L] and lengths [B] (ours, fixed length) vs HF's [B, L'] (HF stops when every row is done,
+  so L' is the longest caption): equal when the first L' columns match and no caption of ours is longer."""
+  n = hf.shape[1]
+  return n <= ids.shape[1] and np.array_equal(ids[:, :n], hf) and int(lengths.max()) == n
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
@@ -43,11 +69,12 @@ def main(argv=None):
   import transformers
 
   from blip_jax.interop import import_state_dict
+  from blip_jax.interop.hf import hf_config
 
+  config = BlipConfig(task="caption", vision=vit_b16(384))  # ViT-B 384 + BERT-base, BLIP's settings
   torch.manual_seed(0)
-  hf = transformers.BlipForConditionalGeneration(transformers.BlipConfig()).eval()  # ViT-B 384 + BERT-base
+  hf = decisive(transformers.BlipForConditionalGeneration(transformers.BlipConfig(**hf_config(config))).eval())
   sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-  config = BlipConfig(task="caption", vision=vit_b16(384))
   params = import_state_dict(sd, "caption", "hf", config=config).params
   params = jax.device_put(params)
   prompt = jnp.asarray([1037, 3861, 1997], jnp.int32)  # "a picture of"
@@ -76,8 +103,12 @@ def main(argv=None):
       dec, out = median_time(
         lambda: jax.block_until_ready(generate(p_run, cfg.text, img, prompt, method="beam", options=OPTS)), a.repeats
       )
-      ids_ours = np.asarray(out[0])[:, : hf_out.shape[1]]
-      same = np.array_equal(ids_ours, hf_out.numpy())
+      same = same_tokens(np.asarray(out[0]), np.asarray(out[1]), hf_out.numpy())
+      if dtype == "float32" and not same:
+        raise RuntimeError(
+          f"batch {b}: our float32 tokens differ from HF's, so the timings would compare different work:\n"
+          f"ours {np.asarray(out[0]).tolist()}\nHF   {hf_out.numpy().tolist()}"
+        )
       results[dtype] = (enc, dec, same)
     hf_dec = hf_e2e - hf_enc
     enc, dec, same = results["float32"]

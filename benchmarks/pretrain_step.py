@@ -8,6 +8,9 @@ for both sides: they do the same work) and that as a fraction of the float32 mat
 this run (best of torch and XLA on a 4096^2 matmul), plus our/torch ratios. Settings: ours fp32 and
 bf16 compute (fp32 params/optimizer/losses); torch fp32 and bf16 autocast. "best" = each side's
 fastest. Run it alone: the CPU is shared with anything else running.
+
+Ours at bf16 runs in a child process with blip_jax's CPU bf16 XLA flags (blip_jax/cpu_bf16.py: XLA
+reads them once per process, and blip_jax sets them only for bf16 runs), as `blip_jax.train` does.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ def parse():
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--text-length", type=int, default=30)
+  p.add_argument("--only-ours", choices=("float32", "bfloat16"), help=argparse.SUPPRESS)  # the child run
   return p.parse_args()
 
 
 ARGS = parse()
+if ARGS.only_ours:
+  from blip_jax import cpu_bf16
+
+  cpu_bf16.enable(ARGS.only_ours)  # before jax starts its backend
 # XLA:CPU uses every core of the machine (2 here); torch is set to --threads below.
 
 import jax  # noqa: E402
@@ -117,15 +125,34 @@ def time_torch(c: BlipConfig, b: int, length: int, queue: int, steps: int, bf16:
   return (time.perf_counter() - t) / steps
 
 
+def setting(name: str):
+  if name == "tiny":
+    return tiny("pretrain", image_size=64, vision_width=128, text_width=128), 16, 64
+  if name == "vit_b":
+    return BlipConfig(task="pretrain"), ARGS.batch, 57600
+  raise ValueError(f"--configs: unknown config {name!r} (tiny, vit_b)")
+
+
+def time_ours_in_child(name: str, dtype: str) -> float:
+  """time_ours in a fresh process (its own XLA flags); returns s/step."""
+  import subprocess
+  import sys
+
+  argv = [sys.executable, "-m", "benchmarks.pretrain_step", "--configs", name, "--only-ours", dtype]
+  argv += ["--batch", str(ARGS.batch), "--steps", str(ARGS.steps), "--text-length", str(ARGS.text_length)]
+  out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+  print("\n".join(out[:-1]))
+  return float(out[-1])
+
+
 def main():
+  if ARGS.only_ours:
+    c, b, queue = setting(ARGS.configs)
+    print(time_ours(c, b, ARGS.text_length, queue, ARGS.steps, ARGS.only_ours))
+    return
   peak = matmul_peak()
   for name in ARGS.configs.split(","):
-    if name == "tiny":
-      c, b, queue = tiny("pretrain", image_size=64, vision_width=128, text_width=128), 16, 64
-    elif name == "vit_b":
-      c, b, queue = BlipConfig(task="pretrain"), ARGS.batch, 57600
-    else:
-      raise ValueError(f"--configs: unknown config {name!r} (tiny, vit_b)")
+    c, b, queue = setting(name)
     ours_flops = pretrain_step_flops(c, b, ARGS.text_length, queue)
     torch_flops = pretrain_step_flops(c, b, ARGS.text_length, queue, shared_itm_kv=False)
     print(
@@ -136,7 +163,7 @@ def main():
     results = {}
     for label, fn in [
       ("ours fp32", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "float32")),
-      ("ours bf16", lambda: time_ours(c, b, ARGS.text_length, queue, ARGS.steps, "bfloat16")),
+      ("ours bf16", lambda: time_ours_in_child(name, "bfloat16")),
       ("torch fp32", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, False)),
       ("torch bf16 autocast", lambda: time_torch(c, b, ARGS.text_length, queue, ARGS.steps, True)),
     ]:

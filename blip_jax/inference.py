@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
-from blip_jax import interop
+from blip_jax import cpu_bf16, interop
 from blip_jax.data.sources import load_image
 from blip_jax.data.text import pre_caption, pre_question
 from blip_jax.data.transforms import eval_transform
@@ -50,6 +50,7 @@ def load(
   [ENC] otherwise, as BLIP's training and retrieval evaluation). Raises CheckpointError / ValueError."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype={dtype!r}: must be one of {DTYPES}")
+  cpu_bf16.enable(dtype)  # native bf16 dots on CPU, when nothing has started JAX's backend yet
   ckpt = interop.load(path, task=task, tokenizer=tokenizer, need_tokenizer=True)
   return BlipModel(ckpt, dtype, batch_size, itm_first_token)
 

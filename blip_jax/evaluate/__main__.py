@@ -31,12 +31,13 @@ def evaluate(cfg, checkpoint: str, out_dir: str | None = None) -> dict:
   DataError naming what is wrong."""
   import tempfile
 
-  from blip_jax import interop, tasks
+  from blip_jax import cpu_bf16, interop, tasks
   from blip_jax.models.blip import param_shapes
   from blip_jax.train import build, inputs
   from blip_jax.train import sharding as S
   from blip_jax.train.distributed import maybe_initialize_distributed
 
+  cpu_bf16.enable(cfg.model.get("dtype", "float32"))  # before any backend exists
   maybe_initialize_distributed()
   with tempfile.TemporaryDirectory() as tmp:
     tok = inputs.tokenizer(cfg, tmp, write=False)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blip_jax import interop, tasks
+from blip_jax import cpu_bf16, interop, tasks
 from blip_jax.data.loader import to_global_arrays
 from blip_jax.models.blip import init_params
 from blip_jax.models.momentum import momentum_view
@@ -92,6 +92,7 @@ def train(cfg, workdir: str) -> dict:
 
   Raises WorkdirBusy when another run holds the workdir, ValueError for a bad config (before anything
   compiles), NonFiniteLoss, DataError; in every case the save in flight is finished first."""
+  cpu_bf16.enable(cfg.model.get("dtype", "float32"))  # before any backend exists
   maybe_initialize_distributed()
   check_processes_agree(cfg, workdir)
   is_main = jax.process_index() == 0
