@@ -18,7 +18,23 @@ def test_tiny_config_compiles_for_v5p_topology():
   assert 0 < r["per_device_bytes"] < r["hbm_bytes"]
   assert r["alias_bytes"] > 0  # the state is donated
   text = aot.format_report(r)
-  assert "fits" in text and "1,096,335" in text
+  assert "fits" in text and "1,096,335" in text and "all-gathers" in text
+  _no_per_layer_kv_gathers(r, cfg.global_batch, build.experiment(cfg, 8).model)
+
+
+def _no_per_layer_kv_gathers(r, global_batch, model):
+  """Guard for issue 14's regression. Gathering each layer's cross-attention K/V by a data-dependent
+  index over the sharded batch made XLA all-gather the global batch's K and V in every text layer:
+  ViT-B on v5p-64 went from 15.5 to 55.6 GiB of temporaries per chip (here: 4 all-gathers of
+  (16, 17, 32) K/V). The layout of tasks/pretrain.itm_pair_logits gathers only the negative images'
+  tokens, once. Bound: nothing of K/V shape, and all gathered bytes within twice the global batch's
+  image tokens in float32 plus 64 KiB of ids and features."""
+  n_img, d_text = model.vision.num_tokens, model.text.hidden_size
+  gathers = r["all_gathers"]
+  kv_like = [g for g in gathers if g[1] == (global_batch, n_img, d_text)]
+  assert not kv_like, f"per-layer K/V all-gathered: {kv_like}"
+  bound = 2 * global_batch * n_img * model.vision.width * 4 + 64 * 1024
+  assert sum(g[2] for g in gathers) <= bound, gathers
 
 
 def test_paper_configs_resolve():

@@ -173,6 +173,11 @@ def test_image_index_equals_explicit_gather(batch):
   dec_g = m.apply({"params": p}, ids4, mask4, img[index], method=Blip.decode)
   dec_i = m.apply({"params": p}, ids4, mask4, img, method=Blip.decode, image_index=index)
   np.testing.assert_allclose(dec_i, dec_g, atol=1e-5)
+  # an int G: rows in groups of G per image (image-major), queries laid end to end, nothing gathered
+  grouped = m.apply({"params": p}, ids4, mask4, img, method=Blip.itm_logits, image_index=2)
+  np.testing.assert_allclose(
+    grouped, m.apply({"params": p}, ids4, mask4, img[jnp.asarray([0, 0, 1, 1])], method=Blip.itm_logits), atol=1e-5
+  )
 
 
 def test_remat_of_the_last_vision_blocks_keeps_params_and_outputs():

@@ -76,7 +76,8 @@ class Blip(nn.Module):
   ):
     """Image-grounded text encoder: first token forced to [ENC] (or `first_token`). -> (B, L, D).
 
-    image_index (B,), optional: text b attends to image image_index[b] of image_embeds (Bi, 1+N, Dv).
+    image_index (B,), optional: text b attends to image image_index[b] of image_embeds (Bi, 1+N, Dv);
+    or an int G: B == Bi * G, texts b*G .. b*G+G-1 attend to image b (nothing gathered; MED.__call__).
     first_token: the id at position 0, default [ENC] (BLIP training and retrieval); the official
     blip_itm demo model and transformers' BlipForImageTextRetrieval keep [CLS].
     """

@@ -61,11 +61,19 @@ class SelfOrCross(nn.Module):
     return layers.split_heads(t, self.cfg.num_heads)
 
   def __call__(self, x, kv, bias, deterministic, kv_index=None):
+    """x (B, Lq, D) queries, kv (Be, Lk, Dk) -> (B, Lq, D). kv_index: None (B == Be, row b to row b), a
+    (B,) int array (row b to kv row kv_index[b]: K/V projected once per kv row, then gathered), or an
+    int G (B == Be * G; rows b*G .. b*G+G-1 all attend to kv row b: their queries are laid end to end,
+    so nothing is gathered, which keeps a batch-sharded step free of cross-device K/V copies)."""
     k, v = self.key(kv), self.value(kv)
-    if kv_index is not None:  # K/V projected once per unique encoder row, then gathered per text row
+    q = self.query(x)
+    grouped = isinstance(kv_index, int)
+    if grouped:
+      q = q.reshape(kv.shape[0], -1, q.shape[-1])  # (Be, G * Lq, D)
+    elif kv_index is not None:
       k, v = k[kv_index], v[kv_index]
     ctx = layers.attention(
-      self._heads(self.query(x)),
+      self._heads(q),
       self._heads(k),
       self._heads(v),
       bias,
@@ -73,7 +81,8 @@ class SelfOrCross(nn.Module):
       deterministic=deterministic,
       module=self,
     )
-    return layers.merge_heads(ctx)
+    ctx = layers.merge_heads(ctx)
+    return ctx.reshape(x.shape[:2] + ctx.shape[2:]) if grouped else ctx
 
   def project_kv(self, states):
     """(Bi, Lk, Dk) encoder states -> K, V each (Bi, H, Lk, Dh), head-major (see layers.grouped_attention)."""
@@ -316,7 +325,9 @@ class MED(nn.Module):
       encoder_mask: (B, Lk) 1/0 (tuple for NLVR2); None = attend to all.
       encoder_index: (B,) int, optional: text row b attends to encoder row encoder_index[b] of
         encoder_states (Be, Lk, Dk). Cross-attention K/V are then projected once per encoder row and
-        gathered, so several texts per image (ITM negatives) cost one projection per image.
+        gathered, so several texts per image (ITM negatives) cost one projection per image. Or an int
+        G: B == Be * G and rows b*G .. b*G+G-1 attend to encoder row b, with no gather at all (the
+        layout a batch-sharded step needs: an index gather makes XLA all-gather every layer's K/V).
     Returns:
       (B, L, D) in the compute dtype.
     """
@@ -340,7 +351,7 @@ class MED(nn.Module):
         masks = tuple(jnp.ones(s.shape[:2], jnp.int32) for s in kvs)
       else:
         masks = tuple(encoder_mask) if isinstance(encoder_mask, (tuple, list)) else (encoder_mask,)
-      if encoder_index is not None:
+      if encoder_index is not None and not isinstance(encoder_index, int):
         masks = tuple(m[encoder_index] for m in masks)
       kv_biases = tuple(layers.padding_bias(m) for m in masks)
       kvs = tuple(s.astype(self.dtype) for s in kvs)

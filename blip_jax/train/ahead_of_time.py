@@ -4,6 +4,8 @@ here (MaxText's train_compile pattern: one code path, so what the AOT check prov
 
 from __future__ import annotations
 
+import math
+import re
 import time
 
 import flax.linen as nn
@@ -36,10 +38,25 @@ def batch_layout(exp: Experiment, sharding, example: dict | None = None) -> dict
   return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=sharding) for k in exp.task.batch_keys}
 
 
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4}
+_ALL_GATHER = re.compile(r"= (\w+)\[([\d,]*)\]\S* all-gather(?:-start)?\(")
+
+
+def all_gathers(hlo_text: str) -> list[tuple[str, tuple[int, ...], int]]:
+  """(dtype, per-device result shape, bytes) of every all-gather in optimized HLO text, largest first.
+  Each op once, as written (one inside a loop body counts once)."""
+  out = []
+  for m in _ALL_GATHER.finditer(hlo_text):
+    shape = tuple(int(d) for d in m.group(2).split(",") if d)
+    out.append((m.group(1), shape, _BYTES.get(m.group(1), 8) * math.prod(shape)))
+  return sorted(out, key=lambda g: -g[2])
+
+
 def compile_train_step(exp: Experiment, mesh, state_specs: dict, shardings: dict, batch_specs: dict):
   """Lower and compile the sharded step (state donated). Returns (compiled, report): the report holds
   the device kind and count, mesh, trainable params, analytic step FLOPs, compile seconds and the
-  per-device argument / output / temporary / aliased bytes against the chip's HBM."""
+  per-device argument / output / temporary / aliased bytes against the chip's HBM, and the step's
+  all-gathers (`all_gathers`: what a layout that copies the global batch to every chip shows up as)."""
   t0 = time.time()
   bsh = next(iter(batch_specs.values())).sharding
   with jax.set_mesh(mesh), nn.logical_axis_rules(exp.rules):
@@ -60,6 +77,7 @@ def compile_train_step(exp: Experiment, mesh, state_specs: dict, shardings: dict
     "step_flops": exp.task.step_flops(exp),
     "compile_s": time.time() - t0,
     "hbm_bytes": chips.device_hbm(kind),
+    "all_gathers": all_gathers(compiled.as_text()),
   }
   mem = compiled.memory_analysis()
   if mem is not None:  # some backends do not report
@@ -88,6 +106,13 @@ def format_report(r: dict) -> str:
   ]
   if "per_device_bytes" not in r:
     return "\n".join(lines + ["per-device memory: not reported by this backend"])
+  gathers = r.get("all_gathers", [])
+  if gathers:
+    dtype, shape, _ = gathers[0]
+    lines.append(
+      f"all-gathers        {len(gathers)} in the step, {sum(g[2] for g in gathers) / 2**30:.3f} GiB of results per "
+      f"device (largest {dtype}{list(shape)})"
+    )
   lines += [
     "per-device memory:",
     f"  arguments        {gib(r['argument_bytes'])}",

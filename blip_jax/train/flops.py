@@ -3,7 +3,8 @@
 Counts matmul FLOPs (2 per multiply-add), which dominate at every real size. Per step:
   momentum forwards (no backward): ViT (B images), unimodal text (B)
   online forwards, each x3 for forward + backward: ViT (B), unimodal text (B), one ITM multimodal
-  pass over B positive + 2B negative texts with cross-attention K/V projected once per image (B),
+  pass over B positive + 2B negative texts with cross-attention K/V projected 2B times (once per image
+  for its own texts, once more per negative image: tasks/pretrain.itm_pair_logits),
   decoder with LM head (B; its K/V projection is counted although XLA may share it with ITM's),
   ITC similarity matrices.
 """
@@ -59,7 +60,7 @@ def pretrain_step_flops(
       length,
       True,
       False,  # ITM pos + neg
-      batch if shared_itm_kv else None,
+      2 * batch if shared_itm_kv else None,
     )
     + (text_forward(cfg, batch, length, True, True) if lm else 0)  # decoder + LM head
     + 2 * batch * cfg.text.hidden_size * 2
