@@ -82,6 +82,7 @@ def test_non_finite_loss_stops_and_last_checkpoint_continues(tmp_path, devices):
   assert got == want
 
 
+@pytest.mark.slow  # ~80 s: three trainer runs; the fast suite keeps its 15-minute budget
 def test_restore_onto_another_mesh(tmp_path, devices):
   first = tmp_path / "a"
   train(_cfg(mesh=(8, 1, 1), total_steps=4, checkpoint_every=4), str(first))
