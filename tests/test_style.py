@@ -9,7 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ruff(*args):
-  exe = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
+  # the ruff installed beside this interpreter first: an unactivated venv's PATH may hold a pyenv shim
+  # that finds no ruff
+  beside = os.path.join(os.path.dirname(sys.executable), "ruff")
+  exe = beside if os.path.exists(beside) else shutil.which("ruff")
   return subprocess.run([exe, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
