@@ -74,7 +74,7 @@ def _zero_grad_entries(path: str, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
   "shape",
   [
-    (8, 1, 1),
+    pytest.param((8, 1, 1), marks=pytest.mark.slow),  # the data axis is also in (2, 2, 2)
     pytest.param((1, 8, 1), marks=pytest.mark.slow),
     pytest.param((2, 4, 1), marks=pytest.mark.slow),
     (2, 2, 2),

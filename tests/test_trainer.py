@@ -70,6 +70,7 @@ def _cfg(**kw):
   return c
 
 
+@pytest.mark.slow  # ~105 s; the fast suite checks the NaN stop through the CLI (test_reliability)
 def test_non_finite_loss_stops_and_last_checkpoint_continues(tmp_path, devices):
   ref = tmp_path / "ref"
   train(_cfg(mesh=(2, 4, 1), checkpoint_every=100), str(ref))  # (orbax saves cost ~3 s each here)
