@@ -269,6 +269,7 @@ def small_disk(tmp_path, baseline):
   subprocess.run(["umount", str(mount)])
 
 
+@pytest.mark.slow  # ~26 s, and it needs a tmpfs mount
 def test_disk_full_stops_cleanly_and_the_last_checkpoint_continues(baseline, small_disk, tmp_path):
   wd = small_disk / "wd"
   rc, out = cli(wd, "--config.checkpoint_every=2", "--config.keep_checkpoints=10")
